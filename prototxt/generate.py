@@ -1,0 +1,288 @@
+"""Caffe nets and solvers from `prototxt.description`.
+
+    python -m prototxt.generate            # (re)writes prototxt/generated/ for the default paths
+    python -m prototxt.generate --check    # fails when prototxt/generated/ is out of date
+
+Library use (the training and extraction tools): `train_net`, `solver`, `extract_net` return
+prototxt text for given data paths.
+
+Train nets: TripletData (3*bs rows: anchors, positives, negatives) -> backbone -> "hash_fc"
+(InnerProduct, N) -> "hash" (Sigmoid) -> Slice into hash_a / hash_p / hash_n -> the step's loss
+(weight 1) and the other step's loss as a monitor (weight 0, logged for the paper's Fig. 1-2).
+"""
+import argparse
+import os
+import sys
+
+from prototxt import description as D
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERATED = os.path.join(ROOT, "prototxt", "generated")
+
+
+class Enum(str):
+    """A protobuf enum value: written bare, not quoted."""
+
+
+def _value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Enum):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _fields(d, indent):
+    pad = "  " * indent
+    out = []
+    for key, v in d.items():
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, dict):
+                out.append(f"{pad}{key} {{")
+                out.extend(_fields(item, indent + 1))
+                out.append(f"{pad}}}")
+            else:
+                out.append(f"{pad}{key}: {_value(item)}")
+    return out
+
+
+def layer(name, type_, bottom=(), top=(), **fields):
+    d = {"name": name, "type": type_}
+    if bottom:
+        d["bottom"] = list(bottom)
+    if top:
+        d["top"] = list(top)
+    d.update(fields)
+    return "\n".join(["layer {"] + _fields(d, 1) + ["}"])
+
+
+def _filler(kind, **kw):
+    return dict(type=kind, **kw)
+
+
+def _conv(name, bottom, num, kernel, stride=1, pad=0, group=1, std=None):
+    param = dict(num_output=num, kernel_size=kernel)
+    if pad:
+        param["pad"] = pad
+    if stride != 1:
+        param["stride"] = stride
+    if group != 1:
+        param["group"] = group
+    param["weight_filler"] = _filler("gaussian", std=std) if std else _filler("xavier")
+    param["bias_filler"] = _filler("constant", value=0.0)
+    return layer(name, "Convolution", [bottom], [name], param=[dict(lr_mult=1.0), dict(lr_mult=2.0)],
+                 convolution_param=param)
+
+
+def _fc(name, bottom, num, std=None):
+    return layer(name, "InnerProduct", [bottom], [name], param=[dict(lr_mult=1.0), dict(lr_mult=2.0)],
+                 inner_product_param=dict(
+                     num_output=num,
+                     weight_filler=_filler("gaussian", std=std) if std else _filler("xavier"),
+                     bias_filler=_filler("constant", value=0.0)))
+
+
+def _relu(name, blob):
+    return layer(name, "ReLU", [blob], [blob])
+
+
+def _pool(name, bottom, kind, kernel, stride):
+    return layer(name, "Pooling", [bottom], [name],
+                 pooling_param=dict(pool=Enum(kind), kernel_size=kernel, stride=stride))
+
+
+def backbone(name, bottom="data"):
+    """The layers from the image blob to "features"."""
+    if name == "digits_mlp":
+        return [_fc("ip1", bottom, 128), _relu("relu1", "ip1"),
+                _fc("ip2", "ip1", 128), _relu("relu2", "ip2"),
+                layer("features", "Flatten", ["ip2"], ["features"])]
+    if name == "cifar_quick":
+        return [_conv("conv1", bottom, 32, 5, pad=2, std=0.0001), _pool("pool1", "conv1", "MAX", 3, 2),
+                _relu("relu1", "pool1"),
+                _conv("conv2", "pool1", 32, 5, pad=2, std=0.01), _relu("relu2", "conv2"),
+                _pool("pool2", "conv2", "AVE", 3, 2),
+                _conv("conv3", "pool2", 64, 5, pad=2, std=0.01), _relu("relu3", "conv3"),
+                _pool("pool3", "conv3", "AVE", 3, 2),
+                _fc("ip1", "pool3", 64, std=0.1),
+                layer("features", "Flatten", ["ip1"], ["features"])]
+    if name == "alexnet":
+        lrn = dict(local_size=5, alpha=0.0001, beta=0.75)
+        return [_conv("conv1", bottom, 96, 11, stride=4, std=0.01), _relu("relu1", "conv1"),
+                layer("norm1", "LRN", ["conv1"], ["norm1"], lrn_param=lrn),
+                _pool("pool1", "norm1", "MAX", 3, 2),
+                _conv("conv2", "pool1", 256, 5, pad=2, group=2, std=0.01), _relu("relu2", "conv2"),
+                layer("norm2", "LRN", ["conv2"], ["norm2"], lrn_param=lrn),
+                _pool("pool2", "norm2", "MAX", 3, 2),
+                _conv("conv3", "pool2", 384, 3, pad=1, std=0.01), _relu("relu3", "conv3"),
+                _conv("conv4", "conv3", 384, 3, pad=1, group=2, std=0.01), _relu("relu4", "conv4"),
+                _conv("conv5", "conv4", 256, 3, pad=1, group=2, std=0.01), _relu("relu5", "conv5"),
+                _pool("pool5", "conv5", "MAX", 3, 2),
+                _fc("fc6", "pool5", 4096, std=0.005), _relu("relu6", "fc6"),
+                layer("drop6", "Dropout", ["fc6"], ["fc6"], dropout_param=dict(dropout_ratio=0.5)),
+                _fc("fc7", "fc6", 4096, std=0.005), _relu("relu7", "fc7"),
+                layer("drop7", "Dropout", ["fc7"], ["fc7"], dropout_param=dict(dropout_ratio=0.5)),
+                layer("features", "Flatten", ["fc7"], ["features"])]
+    raise KeyError(f"unknown backbone {name!r}")
+
+
+def hash_layers(bits):
+    return [_fc("hash_fc", "features", bits), layer("hash", "Sigmoid", ["hash_fc"], ["hash"])]
+
+
+def transform(backbone_name, train, mean_file=None):
+    b = D.BACKBONES[backbone_name]
+    t = {}
+    if b.get("scale"):
+        t["scale"] = float(b["scale"])
+    if b.get("input_crop"):
+        t["crop_size"] = b["input_crop"]
+    if b.get("mirror") and train:
+        t["mirror"] = True
+    if b.get("mean_from_file"):
+        if not mean_file:
+            raise ValueError(f"backbone {backbone_name} needs the data set's mean file")
+        t["mean_file"] = mean_file
+    else:
+        t["mean_value"] = [float(v) for v in b.get("mean_values", ())]
+    return t
+
+
+def _tqn_param(dataset, scale, bits):
+    t = D.PAPER_TRAINING
+    return dict(alpha_d=D.alpha_d(dataset, scale, bits), alpha_s=round(t["Delta"] ** 2, 6),
+                delta=round(4 * t["Delta"] ** 2, 6), beta=t["beta"], gamma=t["gamma"])
+
+
+def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batch_triplets=None,
+              tqn_overrides=None):
+    """The training net of `step` (1: triplet loss, 2: TQN) reading `images` (LMDB) and
+    `triplets` (list file). `tqn_overrides` replaces TQN parameters (e.g. beta) for studies."""
+    cfg = D.config(dataset, scale)
+    bs = batch_triplets or D.PAPER_TRAINING["batch_triplets"]
+    tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
+    losses = {
+        "TripletLoss": lambda name, weight: layer(
+            name, "TripletLoss", ["hash_a", "hash_p", "hash_n"], [name],
+            triplet_loss_param=dict(margin=D.PAPER_TRAINING["margin"]), loss_weight=weight),
+        "TripletQuantizationLoss": lambda name, weight: layer(
+            name, "TripletQuantizationLoss", ["hash_a", "hash_p", "hash_n"],
+            [name, name + "_s", name + "_d"], triplet_quantization_loss_param=tqn,
+            loss_weight=[weight, 0.0, 0.0]),
+    }
+    names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
+    s = D.STEPS[step]
+    parts = [
+        layer("data", "TripletData", top=["data"],
+              transform_param=transform(cfg["backbone"], True, mean_file),
+              triplet_data_param=dict(source=images, triplet_source=triplets, batch_size=bs)),
+        *backbone(cfg["backbone"]),
+        *hash_layers(bits),
+        layer("split", "Slice", ["hash"], ["hash_a", "hash_p", "hash_n"],
+              slice_param=dict(axis=0, slice_point=[bs, 2 * bs])),
+        losses[s["loss"]](names[s["loss"]], 1.0),
+        losses[s["monitor"]](names[s["monitor"]], 0.0),
+    ]
+    head = (f"# {dataset} / {scale} scale / {bits} bits / step {step}: {s['loss']} "
+            f"(the {s['monitor']} is logged with weight 0).\n"
+            f"# Generated by python -m prototxt.generate from prototxt/description.py; do not edit.\n")
+    return head + f'name: "{dataset}_{scale}_{bits}bits_step{step}"\n' + "\n".join(parts) + "\n"
+
+
+def extract_net(dataset, scale, bits, images, batch, mean_file=None):
+    """Reads `images` (LMDB) with a stock Data layer (test-time transform: centre crop, no
+    mirror) and outputs "hash" (the latent sigmoid features) and "label"."""
+    cfg = D.config(dataset, scale)
+    parts = [
+        layer("data", "Data", top=["data", "label"],
+              transform_param=transform(cfg["backbone"], False, mean_file),
+              data_param=dict(source=images, batch_size=batch, backend=Enum("LMDB"))),
+        *backbone(cfg["backbone"]),
+        *hash_layers(bits),
+    ]
+    return (f"# {dataset} / {scale} scale / {bits} bits: feature extraction.\n"
+            f"# Generated by python -m prototxt.generate from prototxt/description.py.\n"
+            f'name: "{dataset}_{scale}_{bits}bits_extract"\nstate {{ phase: TEST }}\n'
+            + "\n".join(parts) + "\n")
+
+
+def solver(dataset, scale, step, net_path, max_iter, snapshot_prefix, seed, base_lr=None,
+           display=20, weights=None):
+    """SGD with the paper's momentum and weight decay; one snapshot at the end. `weights`
+    (SolverParameter.weights) initializes the net, e.g. step 2 from step 1's final model."""
+    cfg = D.config(dataset, scale)
+    t = D.PAPER_TRAINING
+    lr = base_lr if base_lr is not None else cfg["base_lr"][step - 1]
+    d = dict(net=net_path, base_lr=float(lr), lr_policy=t["lr_policy"], momentum=t["momentum"],
+             weight_decay=t["weight_decay"], max_iter=int(max_iter), display=display,
+             snapshot=int(max_iter), snapshot_prefix=snapshot_prefix, random_seed=int(seed),
+             solver_mode=Enum("CPU"), type="SGD")
+    if weights:
+        d["weights"] = weights
+    return (f"# {dataset} / {scale} scale / step {step}. Generated by python -m prototxt.generate.\n"
+            + "\n".join(_fields(d, 0)) + "\n")
+
+
+def iterations(epochs, train_size, batch_triplets):
+    """One epoch = every training image once as an anchor."""
+    return epochs * -(-train_size // batch_triplets)
+
+
+# Default data locations of the committed files: what `python -m data_prep.build --out data/<set>`
+# writes, relative to the repository (run `caffe train` from there).
+DEFAULT_TRAIN_SIZE = {"digits": 1437, "cifar10": 50000, "inshop": 38494}
+
+
+def default_files():
+    """{relative path: text} of prototxt/generated/."""
+    files = {}
+    for (dataset, scale), cfg in sorted(D.CONFIGS.items()):
+        data = f"data/{dataset}"
+        mean = f"{data}/mean.binaryproto" if D.BACKBONES[cfg["backbone"]].get("mean_from_file") else None
+        for bits in cfg["bits"]:
+            folder = f"{dataset}_{scale}/{bits}bits"
+            files[f"{folder}/extract.prototxt"] = extract_net(
+                dataset, scale, bits, f"{data}/lmdb/query", 100, mean)
+            for step in (1, 2):
+                net_path = f"prototxt/generated/{folder}/step{step}_net.prototxt"
+                files[f"{folder}/step{step}_net.prototxt"] = train_net(
+                    dataset, scale, bits, step, f"{data}/lmdb/train", f"{data}/triplets.txt", mean)
+                its = [iterations(e, DEFAULT_TRAIN_SIZE[dataset], D.PAPER_TRAINING["batch_triplets"])
+                       for e in D.PAPER_TRAINING["epochs"]]
+                run = f"runs/{dataset}_{scale}_{bits}bits"
+                files[f"{folder}/step{step}_solver.prototxt"] = solver(
+                    dataset, scale, step, net_path, its[step - 1], f"{run}/step{step}", seed=1,
+                    weights=f"{run}/step1_iter_{its[0]}.caffemodel" if step == 2 else None)
+    return files
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="fail if prototxt/generated/ is stale")
+    args = ap.parse_args(argv)
+    files = default_files()
+    stale = []
+    for rel, text in files.items():
+        path = os.path.join(GENERATED, rel)
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:
+            stale.append(rel)
+            if not args.check:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path + ".tmp", "w") as f:
+                    f.write(text)
+                os.replace(path + ".tmp", path)
+    if args.check and stale:
+        print(f"prototxt/generated/ is out of date ({len(stale)} files, e.g. {stale[0]}): "
+              f"run python -m prototxt.generate", file=sys.stderr)
+        return 1
+    print(f"{len(files)} files, {len(stale)} {'stale' if args.check else 'written'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

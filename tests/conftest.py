@@ -1,0 +1,53 @@
+"""Finds the Caffe build (tools/build_caffe.sh writes .build/caffe-cpu.env) and puts pycaffe,
+this project's Python layers and the checkout on sys.path, so `pytest tests/` works after a build
+even without `. tools/env.sh`."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _build_env():
+    env = {}
+    path = os.path.join(ROOT, ".build", "caffe-cpu.env")
+    if os.path.exists(path):
+        with open(path) as f:
+            env.update(line.strip().split("=", 1) for line in f if "=" in line)
+    for key in ("CAFFE_ROOT", "CAFFE_BUILD", "TQN_PYTHON"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+BUILD = _build_env()
+for path in (ROOT, os.path.join(ROOT, "layers", "python"),
+             os.path.join(BUILD["CAFFE_ROOT"], "python") if "CAFFE_ROOT" in BUILD else None):
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+os.environ.setdefault("GLOG_minloglevel", "2")  # pycaffe: warnings and errors only
+
+
+@pytest.fixture(scope="session")
+def caffe_build():
+    """Paths of the Caffe build: CAFFE_ROOT (source + pycaffe), CAFFE_BUILD, TQN_PYTHON, and
+    the `caffe` and gtest binaries."""
+    if "CAFFE_BUILD" not in BUILD:
+        pytest.fail("no Caffe build: run tools/build_caffe.sh (or tests/run.sh) first")
+    paths = dict(BUILD)
+    paths["caffe"] = os.path.join(BUILD["CAFFE_BUILD"], "tools", "caffe")
+    paths["gtest"] = os.path.join(BUILD["CAFFE_BUILD"], "test", "test.testbin")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(caffe_build):
+    """Environment for child processes (caffe, python) that need pycaffe and the layers."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, os.path.join(ROOT, "layers", "python"), os.path.join(caffe_build["CAFFE_ROOT"], "python")]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["GLOG_logtostderr"] = "1"
+    env.pop("GLOG_minloglevel", None)
+    return env

@@ -1,0 +1,221 @@
+"""Binary hash codes: binarization, on-disk packing, Hamming distances, code health.
+
+Three forms of the same codes are used:
+
+* ``bits``   -- ``bool [n, nbits]``, one column per bit (what `binarize` returns);
+* ``packed`` -- ``uint8 [n, ceil(nbits / 8)]``, ``np.packbits(axis=1, bitorder='big')``:
+  bit 0 is the most significant bit of byte 0. This is the on-disk format;
+* ``words``  -- ``uint64 [n, ceil(nbits / 64)]``, the packed bytes zero-padded to whole
+  64-bit words, for XOR + popcount. Every pad bit is zero in every code, so pad bits
+  never add Hamming distance, whatever the width.
+
+`code_health` and `collapse_warnings` watch for the usual failure of hashing losses:
+codes collapsing onto a few values, or bits that never change.
+"""
+import numpy as np
+
+__all__ = [
+    "binarize",
+    "pack_bits",
+    "unpack_bits",
+    "to_words",
+    "hamming",
+    "hamming_chunks",
+    "code_health",
+    "collapse_warnings",
+]
+
+# collapse_warnings thresholds
+TOP_CODE_SHARE_LIMIT = 0.25
+MEAN_ENTROPY_LIMIT = 0.1
+
+
+def binarize(features, threshold=0.5):
+    """Bits of real-valued features: bit = feature > threshold (strictly), bool [n, nbits]."""
+    return np.asarray(features) > threshold
+
+
+def pack_bits(bits):
+    """Pack bool [n, nbits] into the on-disk form uint8 [n, ceil(nbits / 8)] (big bit order)."""
+    bits = _as_2d(bits, "bits")
+    if bits.dtype != np.bool_:
+        raise TypeError(f"bits must be bool, got {bits.dtype}")
+    return np.packbits(bits, axis=1, bitorder="big")
+
+
+def unpack_bits(packed, nbits):
+    """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]."""
+    packed = _check_packed(packed, nbits)
+    return np.unpackbits(packed, axis=1, count=nbits, bitorder="big").astype(bool)
+
+
+def to_words(codes, nbits):
+    """uint64 [n, ceil(nbits / 64)] words of bool bits [n, nbits] or packed uint8 codes.
+
+    The dtype tells the two inputs apart: bool means bits, uint8 means packed (any other
+    dtype is refused, so a 0/1 integer array is never mistaken for packed bytes). Pad
+    bits of packed input are cleared, so a stray pad bit read from disk cannot add
+    distance.
+    """
+    codes = _as_2d(codes, "codes")
+    if codes.dtype == np.bool_:
+        if codes.shape[1] != nbits:
+            raise ValueError(f"bits have {codes.shape[1]} columns, expected nbits={nbits}")
+        packed = pack_bits(codes)
+    elif codes.dtype == np.uint8:
+        packed = _check_packed(codes, nbits).copy()
+        if nbits % 8:
+            packed[:, -1] &= np.uint8((0xFF << (8 - nbits % 8)) & 0xFF)
+    else:
+        raise TypeError(f"codes must be bool bits or uint8 packed bytes, got {codes.dtype}")
+    nwords = -(-nbits // 64)
+    padded = np.zeros((packed.shape[0], nwords * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+def hamming(q_words, db_words):
+    """Hamming distances [nq, ndb] between word codes (XOR + np.bitwise_count).
+
+    The dtype is the smallest unsigned integer holding 64 * nwords (uint8 up to 192
+    bits, then uint16), which keeps a stable argsort of a distance row a radix sort.
+    """
+    q_words, db_words = _check_words(q_words, db_words)
+    nwords = q_words.shape[1]
+    out = np.zeros((q_words.shape[0], db_words.shape[0]), dtype=_distance_dtype(nwords))
+    for w in range(nwords):
+        out += np.bitwise_count(q_words[:, w, None] ^ db_words[None, :, w])
+    return out
+
+
+def hamming_chunks(q_words, db_words, chunk_rows):
+    """Yield ``(row_slice, distances)`` over blocks of at most `chunk_rows` queries.
+
+    Memory is bounded by ``chunk_rows * ndb`` distances whatever the number of queries.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    q_words, db_words = _check_words(q_words, db_words)
+    for start in range(0, q_words.shape[0], chunk_rows):
+        rows = slice(start, min(start + chunk_rows, q_words.shape[0]))
+        yield rows, hamming(q_words[rows], db_words)
+
+
+def code_health(bits):
+    """Statistics of a set of codes, bool [n, nbits] (n, nbits >= 1).
+
+    Returns a dict:
+      n_items, n_bits;
+      bit_balance   -- float [nbits], share of ones per bit (0.5 is ideal);
+      bit_entropy   -- float [nbits], binary entropy of each bit in bits (1.0 is ideal,
+                       0 for a constant bit);
+      mean_entropy  -- mean of bit_entropy;
+      distinct_codes -- number of distinct codes;
+      top1_share    -- share of items holding the most common code;
+      top10_share   -- share of items holding one of the 10 most common codes.
+    """
+    bits = _as_2d(bits, "bits")
+    if bits.dtype != np.bool_:
+        raise TypeError(f"bits must be bool, got {bits.dtype}")
+    n, nbits = bits.shape
+    if n == 0 or nbits == 0:
+        raise ValueError(f"code_health needs n >= 1 codes of nbits >= 1, got {bits.shape}")
+    p = bits.mean(axis=0)
+    entropy = np.zeros(nbits)
+    mixed = (p > 0) & (p < 1)
+    pm = p[mixed]
+    entropy[mixed] = -(pm * np.log2(pm) + (1 - pm) * np.log2(1 - pm))
+    _, counts = np.unique(pack_bits(bits), axis=0, return_counts=True)
+    counts = np.sort(counts)[::-1]
+    return {
+        "n_items": n,
+        "n_bits": nbits,
+        "bit_balance": p,
+        "bit_entropy": entropy,
+        "mean_entropy": float(entropy.mean()),
+        "distinct_codes": int(counts.size),
+        "top1_share": float(counts[0] / n),
+        "top10_share": float(counts[:10].sum() / n),
+    }
+
+
+def collapse_warnings(health, num_classes=None):
+    """Human-readable warnings about collapsed codes from a `code_health` dict.
+
+    Warns when a single code holds >= 25% of the items, when there are fewer distinct
+    codes than `num_classes` (if given), when the mean per-bit entropy is below 0.1 bit,
+    and when any bit is constant (each such bit is named). Healthy codes give [].
+    """
+    warnings = []
+    n = health["n_items"]
+    if health["top1_share"] >= TOP_CODE_SHARE_LIMIT:
+        warnings.append(
+            f"CODE COLLAPSE: the most common code holds {health['top1_share']:.1%} of the "
+            f"{n} items (limit {TOP_CODE_SHARE_LIMIT:.0%})"
+        )
+    if num_classes is not None and health["distinct_codes"] < num_classes:
+        warnings.append(
+            f"CODE COLLAPSE: only {health['distinct_codes']} distinct codes for "
+            f"{num_classes} classes"
+        )
+    if health["mean_entropy"] < MEAN_ENTROPY_LIMIT:
+        warnings.append(
+            f"CODE COLLAPSE: mean per-bit entropy {health['mean_entropy']:.4f} bit "
+            f"(limit {MEAN_ENTROPY_LIMIT} bit)"
+        )
+    balance = np.asarray(health["bit_balance"])
+    zeros = np.flatnonzero(balance == 0)
+    ones = np.flatnonzero(balance == 1)
+    if zeros.size or ones.size:
+        parts = []
+        if zeros.size:
+            parts.append(f"always 0: bits {zeros.tolist()}")
+        if ones.size:
+            parts.append(f"always 1: bits {ones.tolist()}")
+        warnings.append(
+            f"CONSTANT BITS: {zeros.size + ones.size} of {health['n_bits']} bits never "
+            f"change ({'; '.join(parts)})"
+        )
+    return warnings
+
+
+def _as_2d(array, name):
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, ...], got shape {array.shape}")
+    return array
+
+
+def _check_packed(packed, nbits):
+    packed = _as_2d(packed, "packed")
+    if packed.dtype != np.uint8:
+        raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
+    if nbits < 1:
+        raise ValueError(f"nbits must be >= 1, got {nbits}")
+    if packed.shape[1] != -(-nbits // 8):
+        raise ValueError(
+            f"packed codes have {packed.shape[1]} bytes, expected ceil({nbits} / 8)"
+        )
+    return packed
+
+
+def _check_words(q_words, db_words):
+    q_words = _as_2d(q_words, "q_words")
+    db_words = _as_2d(db_words, "db_words")
+    if q_words.dtype != np.uint64 or db_words.dtype != np.uint64:
+        raise TypeError("word codes must be uint64 (see to_words)")
+    if q_words.shape[1] != db_words.shape[1]:
+        raise ValueError(
+            f"query and database codes have {q_words.shape[1]} and "
+            f"{db_words.shape[1]} words"
+        )
+    return q_words, db_words
+
+
+def _distance_dtype(nwords):
+    max_distance = 64 * nwords
+    if max_distance <= np.iinfo(np.uint8).max:
+        return np.uint8
+    if max_distance <= np.iinfo(np.uint16).max:
+        return np.uint16
+    return np.uint32

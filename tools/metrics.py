@@ -1,0 +1,598 @@
+"""Retrieval metrics for Hamming ranking (exact, tie-aware) and for real-valued ranking.
+
+Relevance. Query i and database item j are relevant when their integer labels are
+equal (class ids, or In-shop item ids). With ``exclude_self=True`` the query set is the
+database (protocol "dsh": query = database = test set), query i is database item i, and
+each query is removed from its own ranking, which then holds N = ndb - 1 items.
+
+Queries without relevant items (R = 0) get AP, MAP@R, recall and hit 0 and stay in every
+mean (they are not dropped); `average_precision_*` also return how many there are.
+
+Histograms. Hamming distances take only nbits + 1 values, so for one query everything a
+tie-aware metric needs is two histograms over the distance d = 0..nbits:
+``tot[d]`` (database items at distance d) and ``rel[d]`` (relevant ones among them).
+`hamming_histograms` builds them for a query chunk with one bincount; every tie-aware
+metric is then a closed form in O(nbits) per query, vectorized over queries.
+
+Two orderings of the ranking are reported for every rank-based metric:
+
+* tie-aware (primary): the exact expectation of the metric when the items of each group
+  of equal distance come in uniformly random order (McSherry & Najork 2008, "Computing
+  information retrieval performance measures efficiently in the presence of tied
+  scores"). It does not depend on the database order, unlike any tie-breaking rule;
+* index order: ties broken by database index, i.e. a stable sort by distance (what a
+  plain ``argsort(kind='stable')`` evaluation reports). The `*_index_order` functions take
+  the relevance of the ranked list, bool ``[nq, N]``, which `hamming_ranked_relevance`
+  builds with a stable argsort of the small-integer distance rows (numpy's radix sort,
+  O(N) per query). Precision / hit within a Hamming radius are sets and need neither.
+
+Tie-aware closed forms. For one query, group d holds n_d = tot[d] items, r_d = rel[d] of
+them relevant; T_d = sum_{e<d} n_e items and B_d = sum_{e<d} r_e relevant items are ranked
+before it; R = sum_d r_d, N = sum_d n_d; H_t = 1 + 1/2 + ... + 1/t (H_0 = 0).
+
+Lemma. In a uniformly random order of a group of n items, r relevant, position j is
+relevant with probability r/n; given that, the other r - 1 relevant items fall among the
+j - 1 earlier positions hypergeometrically, (j-1)(r-1)/(n-1) of them on average. So, by
+linearity of expectation, the expected sum of rel(p) * P(p) (P = precision at rank p)
+over the first m positions p = T + j, j = 1..m, of the group is
+
+    S(m) = (r/n) sum_{j=1}^{m} (B + 1 + (j-1) c) / (T + j),   c = (r-1)/(n-1) (0 if n = 1)
+         = (r/n) [ (B + 1) dH + c G ],   dH = H_{T+m} - H_T,   G = m - (T + 1) dH,
+
+using j - 1 = (T + j) - (T + 1) (dH = psi(T+m+1) - psi(T+1), psi the digamma function).
+R does not depend on the order, so expectations of AP and MAP@R are sums of S terms:
+
+    AP      = (1/R) sum_d S_d(n_d)                                  (full ranking)
+    MAP@R   = (1/R) sum_d S_d(m_d),  m_d = clip(R - T_d, 0, n_d)    (first R positions)
+    P@k     = sum_d (r_d/n_d) clip(k - T_d, 0, n_d) / min(k, N)
+    R@k     = sum_d (r_d/n_d) clip(k - T_d, 0, n_d) / R
+    hit@k   = 1 - [B_s = 0] * C(n_s - r_s, m_s) / C(n_s, m_s)
+
+where s is the group straddling rank k (T_s < k < T_s + n_s, m_s = k - T_s): the top k
+holds a relevant item surely if one lies in a group fully inside the top k (B_s > 0),
+and otherwise misses with the hypergeometric probability of drawing m_s items of group s,
+none relevant; the ratio is prod_{i<min(m,r)} (n - max(m,r) - i) / (n - i), 1 when no
+group straddles k. P@k divides by min(k, N), the length of the returned list.
+
+Floating point: dH and G = sum_{j=1}^{m} (j-1)/(T+j) are evaluated to
+nearly full float64 relative precision (`_harmonic_sums`); a plain digamma difference
+would not be enough, since a few items after millions of others make dH tiny next to
+H_T and G tiny next to m. All terms of S are then positive, so tie-aware AP and MAP@R
+carry relative errors of about 1e-15, even for a query whose only relevant items come
+after 10^7 others.
+
+Real-valued features are ranked by squared Euclidean distance with ties broken by
+database index; exact ties between float distances have probability zero for continuous
+features, so no tie-aware variant is given (`euclidean_metrics`).
+
+Everything loops over chunks of queries, so memory is bounded by chunk * ndb elements.
+"""
+import numpy as np
+from scipy.special import digamma
+
+from .codes import hamming_chunks, to_words
+
+__all__ = [
+    "hamming_histograms",
+    "hamming_ranked_relevance",
+    "iter_hamming_chunks",
+    "average_precision_tie_aware",
+    "average_precision_index_order",
+    "map_at_r_tie_aware",
+    "map_at_r_index_order",
+    "precision_at_k_tie_aware",
+    "precision_at_k_index_order",
+    "recall_at_k_tie_aware",
+    "recall_at_k_index_order",
+    "top_k_hit_rate_tie_aware",
+    "top_k_hit_rate_index_order",
+    "precision_within_radius",
+    "pr_curve_by_radius",
+    "euclidean_metrics",
+    "evaluate_codes",
+    "evaluate_features",
+    "relative_drop",
+]
+
+# Default query-chunk size: about this many (query, database item) pairs per chunk.
+CHUNK_ELEMENTS = 1 << 22
+DEFAULT_KS = (1, 5, 10, 20, 100)
+DEFAULT_RADII = (2,)
+# per-query AP is reported as "map" once averaged
+_INDEX_ORDER_NAMES = {"ap": "map"}
+# _harmonic_sums: direct summation below this x; asymptotic series of the digamma
+# function above it, as (p, B_p / p) for psi(z) ~ ln z - 1/(2z) - sum_p B_p / (p z^p)
+_DIRECT_TERMS = 64
+_PSI_SERIES = ((2, 1 / 12), (4, -1 / 120), (6, 1 / 252), (8, -1 / 240))
+
+
+# ---------------------------------------------------------------------------------------
+# Distances -> histograms and ranked relevance
+# ---------------------------------------------------------------------------------------
+
+
+def iter_hamming_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self=False,
+                        chunk=None, ranked=True):
+    """Yield ``(rows, rel, tot, ranked_rel)`` for consecutive chunks of queries.
+
+    rows: slice of the query chunk; rel, tot: int64 [c, nbits + 1] histograms;
+    ranked_rel: bool [c, N], relevance of the database ranked by (distance, index), or
+    None when ``ranked=False``. chunk: queries per chunk (default: CHUNK_ELEMENTS / ndb).
+    """
+    q_labels, db_labels = _check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
+    if q_words.shape[1] != -(-nbits // 64):
+        raise ValueError(f"{q_words.shape[1]} words cannot hold nbits={nbits}")
+    for rows, dist in hamming_chunks(q_words, db_words, _chunk_rows(chunk, len(db_labels))):
+        if dist.size and int(dist.max()) > nbits:
+            raise ValueError(f"a distance exceeds nbits={nbits}: codes are wider than nbits")
+        same = q_labels[rows, None] == db_labels[None, :]
+        if exclude_self:
+            dist, same = _drop_self(rows, dist, same)
+        rel, tot = _histograms(dist, same, nbits)
+        yield rows, rel, tot, (_ranked_relevance(dist, same) if ranked else None)
+
+
+def hamming_histograms(q_words, q_labels, db_words, db_labels, nbits, exclude_self=False,
+                       chunk=None):
+    """Per-query histograms ``(rel, tot)``, int64 [nq, nbits + 1], over Hamming distance.
+
+    tot[i, d] counts the database items at distance d from query i, rel[i, d] the
+    relevant ones (equal label) among them.
+    """
+    parts = [(rel, tot) for _, rel, tot, _ in iter_hamming_chunks(
+        q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk, ranked=False)]
+    if not parts:
+        empty = np.zeros((0, nbits + 1), dtype=np.int64)
+        return empty, empty.copy()
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def hamming_ranked_relevance(q_words, q_labels, db_words, db_labels, nbits,
+                             exclude_self=False, chunk=None):
+    """Relevance of the Hamming ranking with ties broken by database index, bool [nq, N].
+
+    Holds nq * N booleans; for large sets iterate `iter_hamming_chunks` instead.
+    """
+    parts = [r for _, _, _, r in iter_hamming_chunks(
+        q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk)]
+    n = len(db_labels) - bool(exclude_self)
+    return np.concatenate(parts) if parts else np.zeros((0, n), dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------
+# Tie-aware metrics from histograms
+# ---------------------------------------------------------------------------------------
+
+
+def average_precision_tie_aware(rel, tot):
+    """Expected AP over random orders within ties: ``(ap [nq], n_without_relevant)``.
+
+    AP = (1/R) sum_d S_d(n_d) (module docstring). A query with R = 0 gets AP 0, stays
+    in the mean, and is counted in n_without_relevant.
+    """
+    rel, tot = _check_histograms(rel, tot)
+    total = _expected_precision_sums(rel, tot, tot).sum(axis=1)
+    n_rel = rel.sum(axis=1)
+    return _safe_divide(total, n_rel), int(np.count_nonzero(n_rel == 0))
+
+
+def map_at_r_tie_aware(rel, tot):
+    """Expected MAP@R (Musgrave et al. 2020) over random orders within ties, [nq].
+
+    MAP@R = (1/R) sum_{p<=R} P(p) rel(p), R = the query's number of relevant items;
+    tie-aware: (1/R) sum_d S_d(clip(R - T_d, 0, n_d)). R = 0 gives 0.
+    """
+    rel, tot = _check_histograms(rel, tot)
+    n_rel = rel.sum(axis=1)
+    before = _items_before(tot)
+    m = np.clip(n_rel[:, None] - before, 0, tot)
+    return _safe_divide(_expected_precision_sums(rel, tot, m).sum(axis=1), n_rel)
+
+
+def precision_at_k_tie_aware(rel, tot, k):
+    """Expected precision of the top k, [nq]: E[#relevant in top k] / min(k, N)."""
+    rel, tot = _check_histograms(rel, tot)
+    return _safe_divide(_expected_hits_at_k(rel, tot, k), np.minimum(k, tot.sum(axis=1)))
+
+
+def recall_at_k_tie_aware(rel, tot, k):
+    """Expected recall of the top k, [nq]: E[#relevant in top k] / R (0 when R = 0)."""
+    rel, tot = _check_histograms(rel, tot)
+    return _safe_divide(_expected_hits_at_k(rel, tot, k), rel.sum(axis=1))
+
+
+def top_k_hit_rate_tie_aware(rel, tot, k):
+    """Probability that the top k holds a relevant item, per query [nq] (mean = hit rate).
+
+    Exact: 1 if a relevant item lies in a group entirely inside the top k, else
+    1 - C(n - r, m) / C(n, m) for the group straddling rank k (m of its n items in the
+    top k, r relevant), the hypergeometric probability of missing all its relevant items.
+    """
+    rel, tot = _check_histograms(rel, tot)
+    _check_k(k)
+    before = _items_before(tot)
+    inside = before + tot <= k
+    no_hit_inside = (rel * inside).sum(axis=1) == 0
+    straddle = (before < k) & ~inside  # at most one group per query
+    n = (tot * straddle).sum(axis=1)
+    r = (rel * straddle).sum(axis=1)
+    m = ((k - before) * straddle).sum(axis=1)
+    # C(n-r, m) / C(n, m) = prod_{i < min(m, r)} (n - max(m, r) - i) / (n - i)
+    steps, top = np.minimum(m, r), n - np.maximum(m, r)
+    miss = np.ones(len(n))
+    for i in range(int(steps.max(initial=0))):
+        going = i < steps
+        miss[going] *= (top[going] - i) / (n[going] - i)
+    return 1.0 - no_hit_inside * miss
+
+
+def precision_within_radius(rel, tot, radius):
+    """Precision of the Hamming ball of the given radius: ``(precision [nq], empty_share)``.
+
+    The ball (distance <= radius) is a set, so ties do not matter. A query whose ball is
+    empty gets precision 0 and stays in the mean (the DSH/DPSH convention);
+    empty_share is the share of such queries.
+    """
+    rel, tot = _check_histograms(rel, tot)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    rel_in, in_ball = rel[:, : radius + 1].sum(axis=1), tot[:, : radius + 1].sum(axis=1)
+    empty_share = float(np.mean(in_ball == 0)) if len(in_ball) else 0.0
+    return _safe_divide(rel_in, in_ball), empty_share
+
+
+def pr_curve_by_radius(rel, tot):
+    """Mean precision and recall of the Hamming ball at each radius 0..nbits.
+
+    Returns ``(precision, recall, empty_share)``, float [nbits + 1] each, averaged over
+    all queries: an empty ball counts precision 0 (as in `precision_within_radius`), a
+    query without relevant items counts recall 0; empty_share[r] is the share of
+    queries whose ball of radius r is empty.
+    """
+    rel, tot = _check_histograms(rel, tot)
+    rel_in, tot_in = np.cumsum(rel, axis=1), np.cumsum(tot, axis=1)
+    precision = _safe_divide(rel_in, tot_in)
+    recall = _safe_divide(rel_in, rel.sum(axis=1)[:, None])
+    return precision.mean(axis=0), recall.mean(axis=0), (tot_in == 0).mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Index-order metrics from ranked relevance (bool [nq, N], rank 1 first)
+# ---------------------------------------------------------------------------------------
+
+
+def average_precision_index_order(ranked_rel):
+    """AP of a ranked list: ``(ap [nq], n_without_relevant)``; R = 0 gives AP 0.
+
+    ranked_rel: bool [nq, N], relevance at ranks 1..N (ties broken by database index,
+    see `hamming_ranked_relevance`). AP = (1/R) sum_p P(p) rel(p).
+    """
+    ranked_rel = _check_ranked(ranked_rel)
+    hits = np.cumsum(ranked_rel, axis=1)
+    n_rel = ranked_rel.sum(axis=1)
+    total = np.where(ranked_rel, hits / _ranks(ranked_rel), 0.0).sum(axis=1)
+    return _safe_divide(total, n_rel), int(np.count_nonzero(n_rel == 0))
+
+
+def map_at_r_index_order(ranked_rel):
+    """MAP@R of a ranked list, [nq]: (1/R) sum_{p<=R} P(p) rel(p); R = 0 gives 0."""
+    ranked_rel = _check_ranked(ranked_rel)
+    hits = np.cumsum(ranked_rel, axis=1)
+    n_rel = ranked_rel.sum(axis=1)
+    ranks = _ranks(ranked_rel)
+    counted = ranked_rel & (ranks <= n_rel[:, None])
+    return _safe_divide(np.where(counted, hits / ranks, 0.0).sum(axis=1), n_rel)
+
+
+def precision_at_k_index_order(ranked_rel, k):
+    """Precision of the top k of a ranked list, [nq]: #relevant in top k / min(k, N)."""
+    ranked_rel = _check_ranked(ranked_rel)
+    _check_k(k)
+    found = ranked_rel[:, :k].sum(axis=1)
+    return _safe_divide(found, np.full(len(found), min(k, ranked_rel.shape[1])))
+
+
+def recall_at_k_index_order(ranked_rel, k):
+    """Recall of the top k of a ranked list, [nq]: #relevant in top k / R (0 if R = 0)."""
+    ranked_rel = _check_ranked(ranked_rel)
+    _check_k(k)
+    return _safe_divide(ranked_rel[:, :k].sum(axis=1), ranked_rel.sum(axis=1))
+
+
+def top_k_hit_rate_index_order(ranked_rel, k):
+    """1.0 where the top k of a ranked list holds a relevant item, else 0.0, [nq]."""
+    ranked_rel = _check_ranked(ranked_rel)
+    _check_k(k)
+    return ranked_rel[:, :k].any(axis=1).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# Real-valued features
+# ---------------------------------------------------------------------------------------
+
+
+def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False, chunk=None,
+                      ks=DEFAULT_KS):
+    """Per-query metrics of the ranking by squared Euclidean distance, ties by index.
+
+    Exact ties between float distances have probability zero, so the index order is the
+    only order. Returns a dict of float [nq] arrays: ``ap``, ``map_at_r`` and, for each k,
+    ``precision_at_{k}``, ``recall_at_{k}``, ``top{k}`` (hit), plus the int
+    ``queries_without_relevant``.
+    """
+    q_feats = np.asarray(q_feats, dtype=np.float64)
+    db_feats = np.asarray(db_feats, dtype=np.float64)
+    if q_feats.ndim != 2 or db_feats.ndim != 2 or q_feats.shape[1] != db_feats.shape[1]:
+        raise ValueError(f"features must be [n, dim] alike, got {q_feats.shape}, "
+                         f"{db_feats.shape}")
+    q_labels, db_labels = _check_labels(q_feats, q_labels, db_feats, db_labels, exclude_self)
+    db_sq = np.einsum("ij,ij->i", db_feats, db_feats)
+    parts = []
+    step = _chunk_rows(chunk, len(db_labels))
+    for start in range(0, len(q_feats), step):
+        rows = slice(start, min(start + step, len(q_feats)))
+        q = q_feats[rows]
+        dist = np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * q @ db_feats.T + db_sq[None, :]
+        same = q_labels[rows, None] == db_labels[None, :]
+        if exclude_self:
+            dist, same = _drop_self(rows, dist, same)
+        parts.append(_index_order_metrics(_ranked_relevance(dist, same), ks))
+    out = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
+           for key in _index_order_keys(ks)}
+    out["queries_without_relevant"] = sum(p["queries_without_relevant"] for p in parts)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Convenience wrappers
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate_codes(q_codes, q_labels, db_codes, db_labels, nbits, exclude_self=False,
+                   ks=DEFAULT_KS, radii=DEFAULT_RADII, chunk=None):
+    """Mean metrics of Hamming ranking with binary codes, as a flat dict of scalars.
+
+    Codes are bool bits [n, nbits] or packed uint8 (see `tools.codes.to_words`).
+    Keys: ``map_tie_aware``, ``map_index_order``, ``map_at_r_tie_aware``,
+    ``map_at_r_index_order``; for each k in ks ``precision_at_{k}_*``, ``recall_at_{k}_*``,
+    ``top{k}_*`` (hit rate) with both suffixes; for each radius r in radii
+    ``precision_radius{r}`` and ``empty_radius{r}_share``; and ``queries_without_relevant``,
+    ``n_queries``, ``n_database`` (items ranked per query).
+    """
+    q_words, db_words = to_words(q_codes, nbits), to_words(db_codes, nbits)
+    sums, n_queries, without = {}, 0, 0
+    for _, rel, tot, ranked_rel in iter_hamming_chunks(
+            q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk):
+        ap, chunk_without = average_precision_tie_aware(rel, tot)
+        metrics = {"map_tie_aware": ap, "map_at_r_tie_aware": map_at_r_tie_aware(rel, tot)}
+        for k in ks:
+            metrics[f"precision_at_{k}_tie_aware"] = precision_at_k_tie_aware(rel, tot, k)
+            metrics[f"recall_at_{k}_tie_aware"] = recall_at_k_tie_aware(rel, tot, k)
+            metrics[f"top{k}_tie_aware"] = top_k_hit_rate_tie_aware(rel, tot, k)
+        for key, values in _index_order_metrics(ranked_rel, ks).items():
+            if key != "queries_without_relevant":
+                metrics[_INDEX_ORDER_NAMES.get(key, key) + "_index_order"] = values
+        for radius in radii:
+            precision, empty_share = precision_within_radius(rel, tot, radius)
+            metrics[f"precision_radius{radius}"] = precision
+            metrics[f"empty_radius{radius}_share"] = np.full(len(rel), empty_share)
+        for key, values in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(np.sum(values))
+        n_queries += len(rel)
+        without += chunk_without
+    out = {key: value / n_queries for key, value in sums.items()}
+    out.update(queries_without_relevant=without, n_queries=n_queries,
+               n_database=len(db_labels) - bool(exclude_self))
+    return out
+
+
+def evaluate_features(q_feats, q_labels, db_feats, db_labels, exclude_self=False,
+                      ks=DEFAULT_KS, chunk=None):
+    """Mean metrics of Euclidean ranking with real-valued features, as a flat dict.
+
+    Keys: ``map``, ``map_at_r``, ``precision_at_{k}``, ``recall_at_{k}``, ``top{k}``,
+    ``queries_without_relevant``, ``n_queries``, ``n_database`` (see `euclidean_metrics`).
+    """
+    per_query = euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self,
+                                  chunk, ks)
+    out = {_INDEX_ORDER_NAMES.get(key, key): float(np.mean(per_query[key]))
+           for key in _index_order_keys(ks)}
+    out.update(queries_without_relevant=per_query["queries_without_relevant"],
+               n_queries=len(per_query["ap"]),
+               n_database=len(db_labels) - bool(exclude_self))
+    return out
+
+
+def relative_drop(real, binary):
+    """Relative drop from real-valued features (RF) to binary codes (BC): (RF - BC) / RF.
+
+    E.g. MAP 0.80 with features and 0.76 with codes gives 0.05 (codes lose 5%). Works
+    on scalars and elementwise on arrays.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    if np.any(real == 0):
+        raise ValueError("relative drop is undefined for a real-valued metric of 0")
+    drop = (real - np.asarray(binary, dtype=np.float64)) / real
+    return float(drop) if drop.ndim == 0 else drop
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _index_order_keys(ks):
+    keys = ["ap", "map_at_r"]
+    for k in ks:
+        keys += [f"precision_at_{k}", f"recall_at_{k}", f"top{k}"]
+    return keys
+
+
+def _index_order_metrics(ranked_rel, ks):
+    ap, without = average_precision_index_order(ranked_rel)
+    out = {"ap": ap, "map_at_r": map_at_r_index_order(ranked_rel),
+           "queries_without_relevant": without}
+    for k in ks:
+        out[f"precision_at_{k}"] = precision_at_k_index_order(ranked_rel, k)
+        out[f"recall_at_{k}"] = recall_at_k_index_order(ranked_rel, k)
+        out[f"top{k}"] = top_k_hit_rate_index_order(ranked_rel, k)
+    return out
+
+
+def _expected_precision_sums(rel, tot, m):
+    """S_d(m_d) of the module docstring, float [nq, nbits + 1].
+
+    Expected sum of rel(p) * P(p) over the first m[i, d] positions of group d of query i
+    when the group's items come in uniformly random order.
+    """
+    rel, tot, m = (np.asarray(a, dtype=np.float64) for a in (rel, tot, m))
+    before = _items_before(tot)
+    rel_before = np.cumsum(rel, axis=1) - rel
+    out = np.zeros(rel.shape)
+    used = (rel > 0) & (m > 0)
+    r, n, b = rel[used], tot[used], rel_before[used]
+    dh, g = _harmonic_sums(before[used] + 1.0, m[used])
+    c = _safe_divide(r - 1.0, n - 1.0, where=n > 1)
+    out[used] = r / n * ((b + 1.0) * dh + c * g)
+    return out
+
+
+def _harmonic_sums(x, m):
+    """dH = sum_{i<m} 1 / (x + i) and G = sum_{i<m} i / (x + i) = m - x dH, elementwise.
+
+    x >= 1 and m >= 0 are integer-valued float arrays (x = T + 1, so dH = H_{T+m} - H_T).
+    Both are computed to nearly full float64 relative precision: the plain digamma
+    difference would lose it when m << x (dH is then tiny next to H_T, and G next to m),
+    e.g. a few items after millions. Three regimes:
+      m >= x       psi(x + m) - psi(x), and G = m - x dH (both sums are large);
+      m < x <= 64  direct summation of fewer than 64 terms;
+      m < x, x > 64  the asymptotic series psi(z) ~ ln z - 1/(2z) - sum_k B_2k / (2k z^2k),
+                   differenced term by term without cancellation:
+                   dH = log1p(t) + m / (2xy) + sum_p c_p (x^-p - y^-p),  t = m/x, y = x + m,
+                   G  = x (t - log1p(t)) - m / (2y) - x sum_p c_p (x^-p - y^-p),
+                   with x^-p - y^-p = -x^-p expm1(-p log1p(t)); the series is truncated
+                   after x^-8, whose successor is below 1e-20 for x > 64.
+    """
+    dh, g = np.zeros(x.shape), np.zeros(x.shape)
+    wide = m >= x
+    xw, mw = x[wide], m[wide]
+    dh[wide] = digamma(xw + mw) - digamma(xw)
+    g[wide] = mw - xw * dh[wide]
+    direct = ~wide & (x <= _DIRECT_TERMS)
+    xd, md = x[direct], m[direct]
+    dh_d, g_d = np.zeros(xd.shape), np.zeros(xd.shape)
+    for i in range(int(md.max(initial=0))):
+        term = np.where(i < md, 1.0 / (xd + i), 0.0)
+        dh_d += term
+        g_d += i * term
+    dh[direct], g[direct] = dh_d, g_d
+    tail = ~wide & ~direct
+    xt, mt = x[tail], m[tail]
+    log_ratio = np.log1p(mt / xt)  # ln(y / x)
+    corr = sum(coef * xt ** -p * -np.expm1(-p * log_ratio) for p, coef in _PSI_SERIES)
+    dh[tail] = log_ratio + mt / (2.0 * xt * (xt + mt)) + corr
+    g[tail] = xt * _t_minus_log1p(mt / xt) - mt / (2.0 * (xt + mt)) - xt * corr
+    return dh, g
+
+
+def _t_minus_log1p(t):
+    """t - log1p(t) for 0 <= t < 1 without cancellation.
+
+    With u = t / (2 + t) <= 1/3: t = 2u / (1 - u) = 2 sum_{k>=1} u^k and
+    log1p(t) = 2 atanh(u) = 2 sum_{k odd} u^k / k, so t - log1p(t) =
+    2 sum_{k>=2} (1 - [k odd] / k) u^k, positive terms; 40 terms reach u^40 < 1e-19 u^2.
+    """
+    u = t / (2.0 + t)
+    total, power = np.zeros(u.shape), u * u
+    for k in range(2, 42):
+        total += (1.0 - (k % 2) / k) * power
+        power = power * u
+    return 2.0 * total
+
+
+def _expected_hits_at_k(rel, tot, k):
+    """E[#relevant items in the top k], float [nq]."""
+    _check_k(k)
+    taken = np.clip(k - _items_before(tot), 0, tot)
+    return (_safe_divide(rel, tot) * taken).sum(axis=1)
+
+
+def _items_before(tot):
+    """T_d: items ranked before group d."""
+    return np.cumsum(tot, axis=1) - tot
+
+
+def _histograms(dist, same, nbits):
+    nbins = nbits + 1
+    bins = dist.astype(np.intp) + nbins * np.arange(len(dist))[:, None]
+    size = nbins * len(dist)
+    tot = np.bincount(bins.ravel(), minlength=size).reshape(len(dist), nbins)
+    rel = np.bincount(bins[same], minlength=size).reshape(len(dist), nbins)
+    return rel, tot
+
+
+def _ranked_relevance(dist, same):
+    """Relevance in order of (distance, database index): a stable sort of each row."""
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(same, order, axis=1)
+
+
+def _drop_self(rows, *arrays):
+    """Remove column i from row i (query i is database item i) of [c, ndb] arrays."""
+    count = rows.stop - rows.start
+    keep = np.ones(arrays[0].shape, dtype=bool)
+    keep[np.arange(count), np.arange(rows.start, rows.stop)] = False
+    return tuple(a[keep].reshape(count, -1) for a in arrays)
+
+
+def _chunk_rows(chunk, ndb):
+    if chunk is None:
+        return max(1, CHUNK_ELEMENTS // max(ndb, 1))
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return int(chunk)
+
+
+def _check_labels(q_items, q_labels, db_items, db_labels, exclude_self):
+    q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
+    if q_labels.shape != (len(q_items),) or db_labels.shape != (len(db_items),):
+        raise ValueError(f"labels must be 1-D, one per item: got {q_labels.shape} for "
+                         f"{len(q_items)} queries, {db_labels.shape} for {len(db_items)} items")
+    if exclude_self and len(q_items) != len(db_items):
+        raise ValueError("exclude_self needs the query set to be the database")
+    return q_labels, db_labels
+
+
+def _check_histograms(rel, tot):
+    rel, tot = np.asarray(rel), np.asarray(tot)
+    if rel.ndim != 2 or rel.shape != tot.shape:
+        raise ValueError(f"rel and tot must be [nq, nbits + 1] alike, got {rel.shape}, "
+                         f"{tot.shape}")
+    if np.any(rel < 0) or np.any(rel > tot):
+        raise ValueError("histograms need 0 <= rel <= tot")
+    return rel.astype(np.int64), tot.astype(np.int64)
+
+
+def _check_ranked(ranked_rel):
+    ranked_rel = np.asarray(ranked_rel)
+    if ranked_rel.ndim != 2 or ranked_rel.dtype != np.bool_:
+        raise ValueError(f"ranked relevance must be bool [nq, N], got {ranked_rel.dtype} "
+                         f"{ranked_rel.shape}")
+    return ranked_rel
+
+
+def _check_k(k):
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def _ranks(ranked_rel):
+    return np.arange(1, ranked_rel.shape[1] + 1)
+
+
+def _safe_divide(num, den, where=None):
+    """num / den, 0 where den == 0 (or where `where` is False)."""
+    num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64),
+                                   np.asarray(den, dtype=np.float64))
+    ok = den != 0 if where is None else where & (den != 0)
+    return np.divide(num, den, out=np.zeros(num.shape), where=ok)
