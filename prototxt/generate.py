@@ -158,22 +158,37 @@ def _tqn_param(dataset, scale, bits):
                 delta=round(4 * t["Delta"] ** 2, 6), beta=t["beta"], gamma=t["gamma"])
 
 
+def _param_text(d):
+    return " ".join(f"{k}: {_value(v)}" for k, v in d.items())
+
+
+def loss_layer(kind, name, weight, param, implementation="cpp"):
+    """A TripletLoss or TripletQuantizationLoss layer on hash_a/p/n: the C++ layer, or the
+    pycaffe Python layer of tqn_layers with the same parameters (as param_str)."""
+    tops = [name] if kind == "TripletLoss" else [name, name + "_s", name + "_d"]
+    weights = [weight] + [0.0] * (len(tops) - 1)
+    bottoms = ["hash_a", "hash_p", "hash_n"]
+    if implementation == "python":
+        return layer(name, "Python", bottoms, tops,
+                     python_param=dict(module="tqn_layers", layer=kind + "Layer",
+                                       param_str=_param_text(param)),
+                     loss_weight=weights)
+    field = "triplet_loss_param" if kind == "TripletLoss" else "triplet_quantization_loss_param"
+    return layer(name, kind, bottoms, tops, **{field: param}, loss_weight=weights)
+
+
 def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batch_triplets=None,
-              tqn_overrides=None):
+              tqn_overrides=None, implementation="cpp"):
     """The training net of `step` (1: triplet loss, 2: TQN) reading `images` (LMDB) and
-    `triplets` (list file). `tqn_overrides` replaces TQN parameters (e.g. beta) for studies."""
+    `triplets` (list file). `tqn_overrides` replaces TQN parameters (e.g. beta) for studies;
+    `implementation` "python" uses the pycaffe Python loss layers instead of the C++ ones."""
     cfg = D.config(dataset, scale)
     bs = batch_triplets or D.PAPER_TRAINING["batch_triplets"]
     tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
-    losses = {
-        "TripletLoss": lambda name, weight: layer(
-            name, "TripletLoss", ["hash_a", "hash_p", "hash_n"], [name],
-            triplet_loss_param=dict(margin=D.PAPER_TRAINING["margin"]), loss_weight=weight),
-        "TripletQuantizationLoss": lambda name, weight: layer(
-            name, "TripletQuantizationLoss", ["hash_a", "hash_p", "hash_n"],
-            [name, name + "_s", name + "_d"], triplet_quantization_loss_param=tqn,
-            loss_weight=[weight, 0.0, 0.0]),
-    }
+    params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}
+    losses = {kind: (lambda name, weight, kind=kind: loss_layer(kind, name, weight, params[kind],
+                                                                 implementation))
+              for kind in params}
     names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
     s = D.STEPS[step]
     parts = [
@@ -234,7 +249,7 @@ def iterations(epochs, train_size, batch_triplets):
 
 # Default data locations of the committed files: what `python -m data_prep.build --out data/<set>`
 # writes, relative to the repository (run `caffe train` from there).
-DEFAULT_TRAIN_SIZE = {"digits": 1437, "cifar10": 50000, "inshop": 38494}
+DEFAULT_TRAIN_SIZE = {"digits": 1438, "cifar10": 50000, "inshop": 38494}
 
 
 def default_files():

@@ -51,3 +51,13 @@ def subprocess_env(caffe_build):
     env["GLOG_logtostderr"] = "1"
     env.pop("GLOG_minloglevel", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory):
+    """A data_prep build of scikit-learn's digits (the embedded default data set): 4 epochs of
+    triplets, protocol "digits", seed 0."""
+    from data_prep import build
+    out = tmp_path_factory.mktemp("digits") / "data"
+    assert build.main(["--dataset", "digits", "--out", str(out), "--epochs", "4", "--quiet"]) == 0
+    return out

@@ -9,10 +9,16 @@ Three forms of the same codes are used:
   64-bit words, for XOR + popcount. Every pad bit is zero in every code, so pad bits
   never add Hamming distance, whatever the width.
 
+Hamming distances run in the C kernel of tools/_native.c when a C compiler is available
+(built on first use, see tools/_native.py), else in numpy (XOR + np.bitwise_count on blocks
+small enough to stay in cache); both give the same distances.
+
 `code_health` and `collapse_warnings` watch for the usual failure of hashing losses:
 codes collapsing onto a few values, or bits that never change.
 """
 import numpy as np
+
+from . import _native
 
 __all__ = [
     "binarize",
@@ -25,6 +31,8 @@ __all__ = [
     "collapse_warnings",
 ]
 
+# numpy Hamming path: about this many (query, item) pairs per block of uint64 temporaries
+_HAMMING_BLOCK = 1 << 15
 # collapse_warnings thresholds
 TOP_CODE_SHARE_LIMIT = 0.25
 MEAN_ENTROPY_LIMIT = 0.1
@@ -81,10 +89,35 @@ def hamming(q_words, db_words):
     bits, then uint16), which keeps a stable argsort of a distance row a radix sort.
     """
     q_words, db_words = _check_words(q_words, db_words)
+    out = np.empty((q_words.shape[0], db_words.shape[0]),
+                   dtype=_distance_dtype(q_words.shape[1]))
+    if out.size and _native.lib() is not None:
+        return _native.hamming(q_words, db_words, out)
+    return _hamming_numpy(q_words, db_words, out)
+
+
+def _hamming_numpy(q_words, db_words, out):
+    """`hamming` in numpy, on blocks of about _HAMMING_BLOCK pairs, so the uint64 XOR
+    temporary stays in cache instead of spanning the whole [nq, ndb] matrix."""
+    nq, ndb = out.shape
     nwords = q_words.shape[1]
-    out = np.zeros((q_words.shape[0], db_words.shape[0]), dtype=_distance_dtype(nwords))
-    for w in range(nwords):
-        out += np.bitwise_count(q_words[:, w, None] ^ db_words[None, :, w])
+    db_t = np.ascontiguousarray(db_words.T)  # [nwords, ndb]: contiguous rows per word
+    cols = max(1, min(ndb, _HAMMING_BLOCK))
+    rows = max(1, _HAMMING_BLOCK // cols)
+    xor = np.empty((rows, cols), dtype=np.uint64)
+    count = np.empty((rows, cols), dtype=np.uint8)
+    for r0 in range(0, nq, rows):
+        r1 = min(r0 + rows, nq)
+        for c0 in range(0, ndb, cols):
+            c1 = min(c0 + cols, ndb)
+            x, c, o = xor[: r1 - r0, : c1 - c0], count[: r1 - r0, : c1 - c0], out[r0:r1, c0:c1]
+            for w in range(nwords):
+                np.bitwise_xor(q_words[r0:r1, w, None], db_t[w, None, c0:c1], out=x)
+                if w == 0:
+                    np.bitwise_count(x, out=o)
+                else:
+                    np.bitwise_count(x, out=c)
+                    o += c
     return out
 
 

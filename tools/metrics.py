@@ -70,7 +70,8 @@ Everything loops over chunks of queries, so memory is bounded by chunk * ndb ele
 import numpy as np
 from scipy.special import digamma
 
-from .codes import hamming_chunks, to_words
+from . import _native
+from .codes import _check_words, hamming, to_words
 
 __all__ = [
     "hamming_histograms",
@@ -96,6 +97,9 @@ __all__ = [
 
 # Default query-chunk size: about this many (query, database item) pairs per chunk.
 CHUNK_ELEMENTS = 1 << 22
+# Default query-chunk size of the C scan (no [chunk, ndb] arrays): about this many
+# histogram cells (query, distance) per chunk.
+HISTOGRAM_CHUNK_CELLS = 1 << 19
 DEFAULT_KS = (1, 5, 10, 20, 100)
 DEFAULT_RADII = (2,)
 # per-query AP is reported as "map" once averaged
@@ -119,17 +123,25 @@ def iter_hamming_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_s
     ranked_rel: bool [c, N], relevance of the database ranked by (distance, index), or
     None when ``ranked=False``. chunk: queries per chunk (default: CHUNK_ELEMENTS / ndb).
     """
+    q_words, db_words = _check_words(q_words, db_words)
     q_labels, db_labels = _check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
-    if q_words.shape[1] != -(-nbits // 64):
-        raise ValueError(f"{q_words.shape[1]} words cannot hold nbits={nbits}")
-    for rows, dist in hamming_chunks(q_words, db_words, _chunk_rows(chunk, len(db_labels))):
-        if dist.size and int(dist.max()) > nbits:
-            raise ValueError(f"a distance exceeds nbits={nbits}: codes are wider than nbits")
-        same = q_labels[rows, None] == db_labels[None, :]
-        if exclude_self:
-            dist, same = _drop_self(rows, dist, same)
-        rel, tot = _histograms(dist, same, nbits)
-        yield rows, rel, tot, (_ranked_relevance(dist, same) if ranked else None)
+    _check_nbits(q_words, nbits)
+    codes = _label_codes(q_labels, db_labels)
+    step = _chunk_rows(chunk, len(db_labels))
+    for start in range(0, len(q_words), step):
+        rows = slice(start, min(start + step, len(q_words)))
+        if codes is not None and not ranked:
+            rel, tot, _ = _native.scan(q_words[rows], db_words, codes[0][rows], codes[1],
+                                       nbits + 1, start if exclude_self else -1)
+            yield rows, rel, tot, None
+            continue
+        dist, same = _distances(rows, q_words, q_labels, db_words, db_labels, nbits,
+                                exclude_self)
+        if ranked:
+            rel, tot, ranked_rel, _ = _sorted_chunk(dist, same, nbits)
+            yield rows, rel, tot, ranked_rel
+        else:
+            yield rows, *_histograms(dist, same, nbits), None
 
 
 def hamming_histograms(q_words, q_labels, db_words, db_labels, nbits, exclude_self=False,
@@ -268,20 +280,16 @@ def average_precision_index_order(ranked_rel):
     see `hamming_ranked_relevance`). AP = (1/R) sum_p P(p) rel(p).
     """
     ranked_rel = _check_ranked(ranked_rel)
-    hits = np.cumsum(ranked_rel, axis=1)
+    ap_sum, _, _ = _index_order_stats(ranked_rel, ())
     n_rel = ranked_rel.sum(axis=1)
-    total = np.where(ranked_rel, hits / _ranks(ranked_rel), 0.0).sum(axis=1)
-    return _safe_divide(total, n_rel), int(np.count_nonzero(n_rel == 0))
+    return _safe_divide(ap_sum, n_rel), int(np.count_nonzero(n_rel == 0))
 
 
 def map_at_r_index_order(ranked_rel):
     """MAP@R of a ranked list, [nq]: (1/R) sum_{p<=R} P(p) rel(p); R = 0 gives 0."""
     ranked_rel = _check_ranked(ranked_rel)
-    hits = np.cumsum(ranked_rel, axis=1)
-    n_rel = ranked_rel.sum(axis=1)
-    ranks = _ranks(ranked_rel)
-    counted = ranked_rel & (ranks <= n_rel[:, None])
-    return _safe_divide(np.where(counted, hits / ranks, 0.0).sum(axis=1), n_rel)
+    _, mapr_sum, _ = _index_order_stats(ranked_rel, ())
+    return _safe_divide(mapr_sum, ranked_rel.sum(axis=1))
 
 
 def precision_at_k_index_order(ranked_rel, k):
@@ -361,15 +369,16 @@ def evaluate_codes(q_codes, q_labels, db_codes, db_labels, nbits, exclude_self=F
     """
     q_words, db_words = to_words(q_codes, nbits), to_words(db_codes, nbits)
     sums, n_queries, without = {}, 0, 0
-    for _, rel, tot, ranked_rel in iter_hamming_chunks(
-            q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk):
+    for _, rel, tot, stats in _scan_chunks(q_words, q_labels, db_words, db_labels, nbits,
+                                           exclude_self, chunk, ks):
         ap, chunk_without = average_precision_tie_aware(rel, tot)
         metrics = {"map_tie_aware": ap, "map_at_r_tie_aware": map_at_r_tie_aware(rel, tot)}
         for k in ks:
             metrics[f"precision_at_{k}_tie_aware"] = precision_at_k_tie_aware(rel, tot, k)
             metrics[f"recall_at_{k}_tie_aware"] = recall_at_k_tie_aware(rel, tot, k)
             metrics[f"top{k}_tie_aware"] = top_k_hit_rate_tie_aware(rel, tot, k)
-        for key, values in _index_order_metrics(ranked_rel, ks).items():
+        index_order = _index_order_from_stats(*stats, rel.sum(axis=1), tot.sum(axis=1), ks)
+        for key, values in index_order.items():
             if key != "queries_without_relevant":
                 metrics[_INDEX_ORDER_NAMES.get(key, key) + "_index_order"] = values
         for radius in radii:
@@ -429,14 +438,114 @@ def _index_order_keys(ks):
 
 
 def _index_order_metrics(ranked_rel, ks):
-    ap, without = average_precision_index_order(ranked_rel)
-    out = {"ap": ap, "map_at_r": map_at_r_index_order(ranked_rel),
-           "queries_without_relevant": without}
-    for k in ks:
-        out[f"precision_at_{k}"] = precision_at_k_index_order(ranked_rel, k)
-        out[f"recall_at_{k}"] = recall_at_k_index_order(ranked_rel, k)
-        out[f"top{k}"] = top_k_hit_rate_index_order(ranked_rel, k)
+    return _index_order_from_stats(*_index_order_stats(ranked_rel, ks),
+                                   ranked_rel.sum(axis=1), ranked_rel.shape[1], ks)
+
+
+def _index_order_stats(ranked_rel, ks, relevant=None):
+    """``(ap_sum, mapr_sum, hits_k)`` of ranked relevance bool [c, N]: per query the sums of
+    P(p) = hits(p) / p over relevant ranks p (all, and p <= R), and int [c, len(ks)], the
+    number of relevant items in the top k. The same statistics as the C scan
+    (`tools._native.scan`), from the relevant positions only: P(p) of the j-th relevant
+    item of a row is j / p; the terms are laid out in a [c, max R] array so that each row
+    is summed pairwise, as a plain ``sum(axis=1)`` would. relevant: ``np.nonzero(ranked_rel)``
+    if already computed.
+    """
+    c = ranked_rel.shape[0]
+    rows, cols = np.nonzero(ranked_rel) if relevant is None else relevant
+    n_rel = np.bincount(rows, minlength=c)
+    nth = np.arange(len(rows)) - (np.cumsum(n_rel) - n_rel)[rows]  # 0-based among relevant
+    rank = cols + 1.0
+    precision = (nth + 1.0) / rank
+    terms = np.zeros((c, int(n_rel.max(initial=0))))
+    terms[rows, nth] = precision
+    ap_sum = terms.sum(axis=1)
+    terms[rows, nth] = np.where(rank <= n_rel[rows], precision, 0.0)
+    mapr_sum = terms.sum(axis=1)
+    hits_k = np.zeros((c, len(ks)), dtype=np.int64)
+    for t, k in enumerate(ks):
+        _check_k(k)
+        hits_k[:, t] = ranked_rel[:, :k].sum(axis=1)
+    return ap_sum, mapr_sum, hits_k
+
+
+def _index_order_from_stats(ap_sum, mapr_sum, hits_k, n_rel, n_items, ks):
+    """Per-query index-order metrics (the `_index_order_keys`) from `_index_order_stats`;
+    n_items: ranked items per query (N)."""
+    n_rel = np.asarray(n_rel)
+    out = {"ap": _safe_divide(ap_sum, n_rel), "map_at_r": _safe_divide(mapr_sum, n_rel),
+           "queries_without_relevant": int(np.count_nonzero(n_rel == 0))}
+    for t, k in enumerate(ks):
+        found = hits_k[:, t]
+        out[f"precision_at_{k}"] = _safe_divide(found, np.minimum(k, n_items))
+        out[f"recall_at_{k}"] = _safe_divide(found, n_rel)
+        out[f"top{k}"] = (found > 0).astype(np.float64)
     return out
+
+
+def _scan_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk, ks):
+    """Yield ``(rows, rel, tot, (ap_sum, mapr_sum, hits_k))`` per chunk of queries: the
+    histograms and the index-order statistics of `_index_order_stats`.
+
+    With the C kernels: one scan of the database per query, O(ndb + nbits) time and
+    O(ndb) memory, no distance matrix (default chunk: HISTOGRAM_CHUNK_CELLS / (nbits + 1)
+    queries). Without: distances, `_histograms` and a stable (radix) argsort per chunk of
+    CHUNK_ELEMENTS / ndb queries.
+    """
+    q_words, db_words = _check_words(q_words, db_words)
+    q_labels, db_labels = _check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
+    _check_nbits(q_words, nbits)
+    for k in ks:
+        _check_k(k)
+    codes = _label_codes(q_labels, db_labels) if nbits < 65536 else None
+    if codes is None:
+        step = _chunk_rows(chunk, len(db_labels))
+    else:
+        step = _chunk_rows(chunk, 1, max(1, HISTOGRAM_CHUNK_CELLS // (nbits + 1)))
+        unique_ks = np.unique(np.asarray(ks, dtype=np.int64))
+        where = np.searchsorted(unique_ks, np.asarray(ks, dtype=np.int64))
+    for start in range(0, len(q_words), step):
+        rows = slice(start, min(start + step, len(q_words)))
+        if codes is not None:
+            rel, tot, (ap_sum, mapr_sum, hits_k) = _native.scan(
+                q_words[rows], db_words, codes[0][rows], codes[1], nbits + 1,
+                start if exclude_self else -1, unique_ks)
+            yield rows, rel, tot, (ap_sum, mapr_sum, hits_k[:, where])
+            continue
+        dist, same = _distances(rows, q_words, q_labels, db_words, db_labels, nbits,
+                                exclude_self)
+        rel, tot, ranked_rel, relevant = _sorted_chunk(dist, same, nbits)
+        yield rows, rel, tot, _index_order_stats(ranked_rel, ks, relevant)
+
+
+def _distances(rows, q_words, q_labels, db_words, db_labels, nbits, exclude_self):
+    """Distances and relevance of a query chunk, [c, N] each (self removed if asked)."""
+    dist = hamming(q_words[rows], db_words)
+    if dist.size and int(dist.max()) > nbits:
+        raise ValueError(f"a distance exceeds nbits={nbits}: codes are wider than nbits")
+    same = q_labels[rows, None] == db_labels[None, :]
+    if exclude_self:
+        dist, same = _drop_self(rows, dist, same)
+    return dist, same
+
+
+def _label_codes(q_labels, db_labels):
+    """int32 codes of the labels for the C scan (equal codes <=> equal labels), or None
+    when the C kernels are unavailable (or the labels cannot be coded)."""
+    if _native.lib() is None:
+        return None
+    if q_labels.dtype.kind in "biu" and db_labels.dtype.kind in "biu":
+        limits = np.iinfo(np.int32)
+        both = [a for a in (q_labels, db_labels) if a.size]
+        if all(a.min() >= limits.min and a.max() <= limits.max for a in both):
+            return q_labels.astype(np.int32), db_labels.astype(np.int32)
+    try:
+        _, inverse = np.unique(np.concatenate([q_labels, db_labels]), return_inverse=True,
+                               equal_nan=False)
+    except TypeError:
+        return None
+    inverse = inverse.reshape(-1).astype(np.int32)
+    return inverse[: len(q_labels)], inverse[len(q_labels):]
 
 
 def _expected_precision_sums(rel, tot, m):
@@ -523,12 +632,39 @@ def _items_before(tot):
 
 
 def _histograms(dist, same, nbits):
+    """rel, tot [c, nbits + 1] with one bincount over dist + (nbits + 1) * same, offset by
+    2 (nbits + 1) per row."""
     nbins = nbits + 1
-    bins = dist.astype(np.intp) + nbins * np.arange(len(dist))[:, None]
-    size = nbins * len(dist)
-    tot = np.bincount(bins.ravel(), minlength=size).reshape(len(dist), nbins)
-    rel = np.bincount(bins[same], minlength=size).reshape(len(dist), nbins)
-    return rel, tot
+    c = len(dist)
+    keys = dist.astype(np.intp)
+    keys += same * nbins  # same is bool: 0 or nbins
+    keys += (2 * nbins) * np.arange(c, dtype=np.intp)[:, None]
+    counts = np.bincount(keys.ravel(), minlength=2 * nbins * c).reshape(c, 2, nbins)
+    rel = counts[:, 1]
+    return rel, counts[:, 0] + rel
+
+
+def _sorted_chunk(dist, same, nbits):
+    """``(rel, tot, ranked_rel, np.nonzero(ranked_rel))`` of a chunk [c, N], numpy path.
+
+    One stable argsort per row (numpy's radix sort for these <= 16-bit distances: O(N),
+    no comparisons) orders the items by (distance, index); the histograms then come from
+    the sorted rows: tot by searchsorted of the group boundaries, rel by a bincount over
+    the relevant items only.
+    """
+    nbins = nbits + 1
+    c = len(dist)
+    order = np.argsort(dist, axis=1, kind="stable")
+    ranked_rel = np.take_along_axis(same, order, axis=1)
+    sorted_dist = np.take_along_axis(dist, order, axis=1)
+    edges = np.arange(nbins + 1)
+    tot = np.empty((c, nbins), dtype=np.int64)
+    for i in range(c):
+        tot[i] = np.diff(np.searchsorted(sorted_dist[i], edges))
+    relevant = np.nonzero(ranked_rel)
+    keys = relevant[0] * nbins + sorted_dist[relevant]
+    rel = np.bincount(keys, minlength=c * nbins).reshape(c, nbins)
+    return rel, tot, ranked_rel, relevant
 
 
 def _ranked_relevance(dist, same):
@@ -545,12 +681,17 @@ def _drop_self(rows, *arrays):
     return tuple(a[keep].reshape(count, -1) for a in arrays)
 
 
-def _chunk_rows(chunk, ndb):
+def _chunk_rows(chunk, ndb, default=None):
     if chunk is None:
-        return max(1, CHUNK_ELEMENTS // max(ndb, 1))
+        return default if default is not None else max(1, CHUNK_ELEMENTS // max(ndb, 1))
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     return int(chunk)
+
+
+def _check_nbits(q_words, nbits):
+    if q_words.shape[1] != -(-nbits // 64):
+        raise ValueError(f"{q_words.shape[1]} words cannot hold nbits={nbits}")
 
 
 def _check_labels(q_items, q_labels, db_items, db_labels, exclude_self):
@@ -584,10 +725,6 @@ def _check_ranked(ranked_rel):
 def _check_k(k):
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-
-
-def _ranks(ranked_rel):
-    return np.arange(1, ranked_rel.shape[1] + 1)
 
 
 def _safe_divide(num, den, where=None):

@@ -1,0 +1,418 @@
+"""The data_prep CLI: archive -> splits -> LMDBs -> triplets, into one output folder.
+
+    python -m data_prep.build --dataset {digits,cifar10,inshop,images} [--archive PATH] [--root PATH]
+        [--list FILE] [--protocol NAME] --out DIR [--seed 0] [--epochs 40] [--batch-triplets 32]
+        [--encode {raw,png,jpg}] [--resize HxW] [--stock-triplet-epochs 0] [--query-share 0.2]
+        [--singletons {error,negatives}] [--splits-only] [--force] [--quiet]
+
+Sources: cifar10 --archive cifar-10-binary.tar.gz | cifar-10-python.tar.gz | an extracted batches folder;
+inshop --root <In-shop folder with Eval/ and Img/>; images --root <folder with one subfolder per class> or
+--list <"path label" file> (paths relative to --root, else to the list's folder); digits: nothing.
+
+Output folder DIR:
+  dataset.json                  manifest: parameters, counts, LMDB facts, sha256 of the list files; written
+                                last, so its presence means the build completed
+  splits/<protocol>/{train,query,database}.txt, split.json
+  lmdb/train, lmdb/query        Datum LMDBs, key %08d = line of the list file
+  lmdb/database                 an LMDB, or a symlink to train or query when the sets are identical
+  lmdb/train_triplets_stock     only with --stock-triplet-epochs K > 0
+  triplets.txt, triplets.json   E epochs of "a p n" train rows
+  mean.binaryproto, mean.json   train mean (Caffe channel order)
+
+Reruns: with the same parameters over a complete folder (dataset.json present, files matching their
+sha256, LMDBs with their record counts) nothing is done. Different parameters into a folder that holds a
+build -> DataPrepError. The source is part of the parameters: an archive / list / partition file by path,
+size and mtime; an image folder (and In-shop's Img/, and the images of a list file) by a hash of every
+image's path, size and mtime; digits by scikit-learn's version. So a changed source is refused too;
+choose another --out, or pass --force to rebuild in place. An incomplete folder (no dataset.json, e.g. after
+a crash) is rebuilt. Each output appears atomically (temporary name, then rename); leftovers of interrupted
+runs are removed; a lock keeps two builds out of one folder.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from . import readers
+from .atomic import (OutputLock, atomic_symlink, remove_stale_temporaries, sha256_file, write_json)
+from .errors import DataPrepError
+from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SINGLETON_POLICIES, make_split, save_split
+from .triplets import check_triplets, generate_triplets, write_triplets
+
+FORMAT = 'tqn-data-prep/1'
+DATASETS = ('digits', 'cifar10', 'inshop', 'images')
+
+
+def parse_resize(text):
+    if text is None:
+        return None
+    try:
+        parts = [int(x) for x in text.lower().split('x')]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f'--resize expects HxW (e.g. 256x256) or N, got {text!r}')
+    return tuple(parts)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog='python -m data_prep.build', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', required=True, choices=DATASETS)
+    p.add_argument('--archive', help='cifar10: the binary or python archive (.tar.gz) or extracted folder')
+    p.add_argument('--root', help='inshop: the In-shop folder (Eval/, Img/); images: the class folder root, or '
+                                  'the base of relative paths in --list')
+    p.add_argument('--list', help='images: a "path label" list file instead of a class folder')
+    p.add_argument('--protocol', help='; '.join(f'{d}: {"|".join(v)} (default {DEFAULT_PROTOCOL[d]})'
+                                                 for d, v in PROTOCOLS.items()))
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--epochs', type=int, default=40, help='epochs of triplets in triplets.txt (default 40)')
+    p.add_argument('--batch-triplets', type=int, default=32, help='triplets per batch (default 32)')
+    p.add_argument('--encode', choices=('raw', 'png', 'jpg'), default='raw')
+    p.add_argument('--resize', type=parse_resize, help='HxW: resize every image (bilinear) before storing')
+    p.add_argument('--stock-triplet-epochs', type=int, default=0,
+                   help='K > 0: also write lmdb/train_triplets_stock with K epochs (3x the train LMDB per epoch)')
+    p.add_argument('--query-share', type=float, default=0.2, help='images protocol stratified: query share')
+    p.add_argument('--singletons', choices=SINGLETON_POLICIES, default='error',
+                   help='train classes with one image: error (default), or negatives = keep them only as '
+                        'negatives (real In-shop has such items)')
+    p.add_argument('--splits-only', action='store_true',
+                   help='write splits and triplets only (no pixels needed: In-shop without images)')
+    p.add_argument('--force', action='store_true', help='rebuild into --out even if it holds another build')
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
+    return p
+
+
+# ---------------------------------------------------------------- parameters and manifest
+
+def _fingerprint(path):
+    st = os.stat(path)
+    return {'path': os.path.realpath(path), 'size': st.st_size if os.path.isfile(path) else None,
+            'mtime_ns': st.st_mtime_ns}
+
+
+def _files_fingerprint(paths, base):
+    """sha256 over (relative path, size, mtime_ns) of image files: changes when any image does."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        try:
+            st = os.stat(p)
+            h.update(f'{os.path.relpath(p, base)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+        except OSError:
+            h.update(f'{os.path.relpath(p, base)}\0missing\n'.encode())
+    return h.hexdigest()
+
+
+def _image_tree(root):
+    from .dataset import IMAGE_EXTENSIONS
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        for f in filenames:
+            if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS):
+                yield os.path.join(dirpath, f)
+
+
+def source_of(args):
+    if args.dataset == 'digits':
+        import sklearn
+        return {'path': 'sklearn.datasets.load_digits', 'sklearn': sklearn.__version__}
+    if args.dataset == 'cifar10':
+        if not args.archive:
+            raise DataPrepError('--dataset cifar10 needs --archive (cifar-10-binary.tar.gz, '
+                                'cifar-10-python.tar.gz or an extracted batches folder)')
+        if not os.path.exists(args.archive):
+            raise DataPrepError(f'{args.archive}: no such archive or folder')
+        return _fingerprint(args.archive)
+    if args.dataset == 'inshop':
+        if not args.root:
+            raise DataPrepError('--dataset inshop needs --root (the In-shop folder holding Eval/ and Img/)')
+        from .readers.inshop import find_partition_file
+        src = dict(_fingerprint(find_partition_file(args.root)), root=os.path.realpath(args.root))
+        img = os.path.join(args.root, 'Img')
+        if not args.splits_only and os.path.isdir(img):
+            src['images'] = _files_fingerprint(list(_image_tree(img)), img)
+        return src
+    if args.list:
+        src = _fingerprint(args.list)
+        src['root'] = os.path.realpath(args.root) if args.root else None
+        listed = readers.read_image_list(args.list, args.root)
+        src['images'] = _files_fingerprint(listed.paths, '/')
+        return src
+    if not args.root:
+        raise DataPrepError('--dataset images needs --root (a folder with one subfolder per class) or --list')
+    if not os.path.isdir(args.root):
+        raise DataPrepError(f'{args.root}: not a folder')
+    return dict(_fingerprint(args.root), images=_files_fingerprint(list(_image_tree(args.root)), args.root))
+
+
+def parameters(args):
+    protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
+    if protocol not in PROTOCOLS[args.dataset]:
+        raise DataPrepError(f'--protocol {protocol} does not apply to --dataset {args.dataset}; choose one of '
+                            f'{", ".join(PROTOCOLS[args.dataset])}')
+    if args.epochs < 1 or args.batch_triplets < 1 or args.stock_triplet_epochs < 0:
+        raise DataPrepError('--epochs and --batch-triplets must be >= 1, --stock-triplet-epochs >= 0')
+    if args.stock_triplet_epochs > args.epochs:
+        raise DataPrepError(f'--stock-triplet-epochs {args.stock_triplet_epochs} exceeds --epochs {args.epochs}')
+    if args.splits_only and args.stock_triplet_epochs:
+        raise DataPrepError('--splits-only writes no LMDB: drop --stock-triplet-epochs')
+    return {
+        'dataset': args.dataset, 'protocol': protocol, 'seed': args.seed, 'epochs': args.epochs,
+        'batch_triplets': args.batch_triplets, 'encode': args.encode,
+        'resize': list(args.resize) if args.resize else None,
+        'stock_triplet_epochs': args.stock_triplet_epochs,
+        'query_share': args.query_share if protocol == 'stratified' else None,
+        'singletons': args.singletons, 'splits_only': bool(args.splits_only),
+        'source': source_of(args),
+    }
+
+
+def load_manifest(out):
+    path = os.path.join(out, 'dataset.json')
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get('format') == FORMAT else None
+
+
+def manifest_problems(out, m):
+    """What is missing or changed in a folder compared with its manifest ([] = complete)."""
+    from .lmdb_io import lmdb_count
+    problems = []
+    for rel, digest in m.get('files', {}).items():
+        p = os.path.join(out, rel)
+        if not os.path.isfile(p):
+            problems.append(f'{rel} is missing')
+        elif sha256_file(p) != digest:
+            problems.append(f'{rel} changed')
+    for name, info in (m.get('lmdb') or {}).items():
+        p = os.path.join(out, info['path'])
+        try:
+            if lmdb_count(p) != info['count']:
+                problems.append(f'{info["path"]} has another record count')
+        except Exception:  # noqa: BLE001 - anything unreadable means: rebuild
+            problems.append(f'{info["path"]} is missing or unreadable')
+    return problems
+
+
+def _differences(old, new):
+    keys = sorted(set(old) | set(new))
+    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
+
+
+# ---------------------------------------------------------------- the build
+
+def read_dataset(args):
+    if args.dataset == 'digits':
+        return readers.read_digits()
+    if args.dataset == 'cifar10':
+        return readers.read_cifar10(args.archive)
+    if args.dataset == 'inshop':
+        return readers.read_inshop(args.root)
+    if args.list:
+        return readers.read_image_list(args.list, args.root)
+    return readers.read_image_folder(args.root)
+
+
+def _say(quiet, *a):
+    if not quiet:
+        print(*a, flush=True)
+
+
+def build(args):
+    """Runs the build; returns the manifest dict (the existing one when nothing had to be done)."""
+    t0 = time.monotonic()
+    params = parameters(args)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    with OutputLock(out):
+        old = load_manifest(out)
+        if old is not None:
+            if old.get('parameters') == params:
+                problems = manifest_problems(out, old)
+                if not problems:
+                    print(f'data_prep: {out} is complete with these parameters; nothing to do')
+                    return old
+                _say(args.quiet, f'data_prep: {out} is incomplete ({"; ".join(problems[:3])}); rebuilding')
+            elif not args.force:
+                raise DataPrepError(f'{out} holds a build with other parameters '
+                                    f'({_differences(old.get("parameters", {}), params)}); choose another '
+                                    '--out, or pass --force to rebuild it in place')
+            os.unlink(os.path.join(out, 'dataset.json'))
+        for p in remove_stale_temporaries(out):
+            _say(args.quiet, f'  removed leftover {p}')
+        manifest = _build(args, params, out)
+        manifest['elapsed_seconds'] = round(time.monotonic() - t0, 2)
+        write_json(os.path.join(out, 'dataset.json'), manifest)
+    print(summary(out, manifest))
+    return manifest
+
+
+def _build(args, params, out):
+    from .lmdb_io import MeanAccumulator, write_image_lmdb, write_mean, write_stock_triplet_lmdb
+    quiet = args.quiet
+    protocol = params['protocol']
+    t = time.monotonic()
+    ds = read_dataset(args)
+    _say(quiet, f'data_prep: read {ds.name}: {len(ds):,} images, {len(ds.class_names):,} classes from '
+                f'{ds.source} ({time.monotonic() - t:.1f} s)')
+    split = make_split(ds, protocol, args.seed, args.query_share, args.singletons)
+    split_dir = os.path.join(out, 'splits', protocol)
+    hashes = save_split(ds, split, split_dir)
+    files = {f'splits/{protocol}/{k}': v for k, v in hashes.items()}
+    files[f'splits/{protocol}/split.json'] = sha256_file(os.path.join(split_dir, 'split.json'))
+    _say(quiet, f'data_prep: protocol {protocol}: train {len(split.train):,}, query {len(split.query):,}, '
+                f'database {len(split.database):,}')
+
+    lmdb_info, mean_info, stock_info = {}, None, None
+    made = set()
+    if not args.splits_only:
+        if not ds.has_pixels:
+            raise DataPrepError(f'{ds.source}: no pixels available; use --splits-only')
+        acc = MeanAccumulator()
+        for name in ('train', 'query', 'database'):
+            rows = split.rows(name)
+            same = next((o for o in ('train', 'query') if o in lmdb_info and o != name
+                         and np.array_equal(rows, split.rows(o))), None)
+            path = os.path.join(out, 'lmdb', name)
+            if same:
+                atomic_symlink(same, path)
+                lmdb_info[name] = dict(lmdb_info[same], path=f'lmdb/{name}', same_as=same)
+                _say(quiet, f'data_prep: lmdb/{name} = lmdb/{same} (identical set; symlink, not written twice)')
+            else:
+                info = write_image_lmdb(path, ds, rows, args.encode, args.resize,
+                                        mean=acc if name == 'train' else None, progress=not quiet, what=name)
+                lmdb_info[name] = dict(info, path=f'lmdb/{name}')
+            made.add(name)
+        mean_info = write_mean(out, acc, protocol)
+        files['mean.json'] = sha256_file(os.path.join(out, 'mean.json'))
+        if mean_info['binaryproto']:
+            files['mean.binaryproto'] = sha256_file(os.path.join(out, 'mean.binaryproto'))
+
+    train_labels = ds.labels[split.train]
+    tmeta = write_triplets(out, train_labels, args.seed, args.epochs, args.batch_triplets, protocol,
+                           progress=not quiet)
+    for f in ('triplets.txt', 'triplets.json'):
+        files[f] = sha256_file(os.path.join(out, f))
+    if args.stock_triplet_epochs:
+        k = args.stock_triplet_epochs
+        trip = generate_triplets(train_labels, args.seed, k)
+        check_triplets(trip, train_labels)
+        stock_info = write_stock_triplet_lmdb(os.path.join(out, 'lmdb', 'train_triplets_stock'),
+                                              os.path.join(out, 'lmdb', 'train'), trip,
+                                              tmeta['triplets_per_epoch'], args.batch_triplets, epochs=k,
+                                              progress=not quiet)
+        lmdb_info['train_triplets_stock'] = {'path': 'lmdb/train_triplets_stock', 'count': stock_info['records'],
+                                             'bytes': stock_info['bytes'], 'disk_bytes': stock_info['disk_bytes']}
+        made.add('train_triplets_stock')
+    _remove_outputs_of_other_builds(out, protocol, made, mean_info)
+
+    from .datum import caffe_pb2_origin
+    import cv2
+    import lmdb
+    return {
+        'format': FORMAT,
+        'parameters': params,
+        'dataset': ds.name,
+        'protocol': protocol,
+        'seed': args.seed,
+        'source': ds.source,
+        'notes': ds.notes + split.notes,
+        'counts': {n: int(len(split.rows(n))) for n in ('train', 'query', 'database')},
+        'classes': len(ds.class_names),
+        'channels': ds.channels,
+        'database_is_train': bool(split.database_is_train),
+        'database_is_query': bool(split.database_is_query),
+        'lmdb': lmdb_info or None,
+        'lmdb_key_format': '%08d (row = line of splits/<protocol>/<split>.txt)',
+        'stock_triplets': stock_info,
+        'triplets': {k: tmeta[k] for k in ('seed', 'epochs', 'triplets_per_epoch', 'total', 'batch_size')},
+        'mean': mean_info,
+        'files': files,
+        'caffe_pb2': caffe_pb2_origin() if lmdb_info else None,
+        'versions': {'python': platform.python_version(), 'numpy': np.__version__, 'opencv': cv2.__version__,
+                     'lmdb': lmdb.__version__},
+    }
+
+
+def _remove_outputs_of_other_builds(out, protocol, made_lmdbs, mean_info):
+    """Removes data_prep outputs a previous build with other parameters left (other protocols, LMDBs)."""
+    splits = os.path.join(out, 'splits')
+    for name in os.listdir(splits):
+        if name != protocol:
+            shutil.rmtree(os.path.join(splits, name), ignore_errors=True)
+    lmdb_dir = os.path.join(out, 'lmdb')
+    if os.path.isdir(lmdb_dir):
+        for name in os.listdir(lmdb_dir):
+            p = os.path.join(lmdb_dir, name)
+            if name not in made_lmdbs:
+                if os.path.islink(p) or os.path.isfile(p):
+                    os.unlink(p)
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
+        if not made_lmdbs:
+            os.rmdir(lmdb_dir)
+    for name in ('mean.json', 'mean.binaryproto'):
+        p = os.path.join(out, name)
+        keep = mean_info is not None and (name == 'mean.json' or mean_info.get('binaryproto'))
+        if not keep and os.path.isfile(p):
+            os.unlink(p)
+
+
+def _mb(n):
+    return f'{n / 1e6:,.1f} MB'
+
+
+def summary(out, m):
+    lines = [f'data_prep: done: {m["dataset"]} / protocol {m["protocol"]} / seed {m["seed"]} -> {out} '
+             f'({m.get("elapsed_seconds", 0):.1f} s)']
+    c = m['counts']
+    lines.append(f'  splits/{m["protocol"]}: train {c["train"]:,}, query {c["query"]:,}, database '
+                 f'{c["database"]:,}' + (' (= train)' if m['database_is_train'] else '')
+                 + (' (= query)' if m['database_is_query'] else '') + f'; {m["classes"]:,} classes')
+    for name, info in (m['lmdb'] or {}).items():
+        if info.get('same_as'):
+            lines.append(f'  lmdb/{name} -> lmdb/{info["same_as"]}')
+        elif name == 'train_triplets_stock':
+            s = m['stock_triplets']
+            lines.append(f'  lmdb/{name}: {s["records"]:,} records, {s["epochs"]} epoch(s) x {s["batches_per_epoch"]:,}'
+                         f' batches; Data layer batch_size {s["data_layer_batch_size"]} ({_mb(s["disk_bytes"])})')
+        else:
+            shapes = ', '.join('x'.join(map(str, s)) for s in info['shapes'][:3])
+            lines.append(f'  lmdb/{name}: {info["count"]:,} {info["encoding"]} HxWxC {shapes} ({_mb(info["disk_bytes"])})')
+    t = m['triplets']
+    lines.append(f'  triplets.txt: {t["epochs"]} epochs x {t["triplets_per_epoch"]:,} = {t["total"]:,} triplets, '
+                 f'seed {t["seed"]}, batch {t["batch_size"]}')
+    if m['mean']:
+        lines.append(f'  mean ({m["mean"]["channel_order"]}): ' + ', '.join(f'{v:.2f}' for v in m['mean']['mean_value'])
+                     + ('' if m['mean']['binaryproto'] else ' (no mean.binaryproto: sizes differ)'))
+    if m['lmdb']:
+        lines.append(f'  caffe_pb2: {m["caffe_pb2"]}')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        build(args)
+    except DataPrepError as e:
+        print(f'data_prep: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,264 @@
+/* Optional C kernels of tools/codes.py and tools/metrics.py (loaded by tools/_native.py).
+ *
+ * Plain C99 + GCC/Clang builtins, no Python headers: built on first use with the system C
+ * compiler (`cc -O3 -shared -fPIC`) and called through ctypes, which releases the GIL. Every
+ * function has a pure-numpy twin in tools/codes.py / tools/metrics.py giving the same results;
+ * the tests run both.
+ *
+ * Codes are uint64 words [n, nwords] (tools.codes.to_words). The popcount loops are compiled
+ * twice on x86 -- once with the POPCNT instruction, once generic -- and the variant is picked
+ * at run time, so a library built on one x86 machine never executes an instruction another
+ * lacks.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TQN_ABI_VERSION 1
+
+int tqn_abi_version(void) { return TQN_ABI_VERSION; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Kernels, instantiated per target below                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+#ifdef __GNUC__
+#define TQN_INLINE static inline __attribute__((always_inline))
+#define TQN_UNUSED __attribute__((unused))
+#else
+#define TQN_INLINE static inline
+#define TQN_UNUSED
+#endif
+
+/* Hamming distance between a query and database item j; NW > 0 is a compile-time word
+   count (unrolled), NW == 0 means `nwords` words. */
+TQN_INLINE uint64_t dist_of(const uint64_t *qi, const uint64_t *db, int64_t j, int64_t nwords,
+                            const int NW) {
+    const int64_t n = NW > 0 ? NW : nwords;
+    const uint64_t *b = db + (size_t)j * (size_t)n;
+    uint64_t s = 0;
+    for (int64_t w = 0; w < n; w++) s += (uint64_t)__builtin_popcountll(qi[w] ^ b[w]);
+    return s;
+}
+
+TQN_INLINE void hamming_body(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb,
+                             int64_t nwords, void *out, int elem_size, const int NW) {
+    for (int64_t i = 0; i < nq; i++) {
+        const uint64_t *qi = q + (size_t)i * (size_t)nwords;
+        const size_t row = (size_t)i * (size_t)ndb;
+        if (elem_size == 1) {
+            uint8_t *o = (uint8_t *)out + row;
+            for (int64_t j = 0; j < ndb; j++) o[j] = (uint8_t)dist_of(qi, db, j, nwords, NW);
+        } else if (elem_size == 2) {
+            uint16_t *o = (uint16_t *)out + row;
+            for (int64_t j = 0; j < ndb; j++) o[j] = (uint16_t)dist_of(qi, db, j, nwords, NW);
+        } else {
+            uint32_t *o = (uint32_t *)out + row;
+            for (int64_t j = 0; j < ndb; j++) o[j] = (uint32_t)dist_of(qi, db, j, nwords, NW);
+        }
+    }
+}
+
+/* One query over database items [lo, hi), in index order. cnt has 2 (maxd + 1) entries.
+ *   REC = 0: cnt[2 d + same] += 1 (one histogram of both kinds, one increment per item);
+ *   REC = 1: cnt[d] += 1 and cnt[maxd + 1 + d] += same, where cnt[d] before the increment
+ *            is the number of earlier items at distance d (the item's place in its tie
+ *            group); each relevant item appends (place << 16 | d) to rec (written for every
+ *            item, kept only for relevant ones: no branch).
+ * Distances above nbits show up as counts beyond the caller's nbins. */
+TQN_INLINE void scan_body(const uint64_t *qi, const uint64_t *db, int64_t lo, int64_t hi,
+                              int64_t nwords, int32_t ql, const int32_t *dbl, int64_t *cnt,
+                              uint64_t *rec, int64_t *nrec, const int NW, const int REC) {
+    if (REC) {
+        int64_t *all = cnt, *relc = cnt + 64 * (NW > 0 ? NW : nwords) + 1;
+        int64_t n = *nrec;
+        for (int64_t j = lo; j < hi; j++) {
+            const uint64_t d = dist_of(qi, db, j, nwords, NW);
+            const int64_t same = dbl[j] == ql;
+            rec[n] = ((uint64_t)all[d] << 16) | d;
+            n += same;
+            all[d]++;
+            relc[d] += same;
+        }
+        *nrec = n;
+    } else {
+        for (int64_t j = lo; j < hi; j++) {
+            const uint64_t d = dist_of(qi, db, j, nwords, NW);
+            cnt[2 * d + (uint64_t)(dbl[j] == ql)]++;
+        }
+    }
+}
+
+typedef void (*scan_fn)(const uint64_t *, const uint64_t *, int64_t, int64_t, int64_t,
+                            int32_t, const int32_t *, int64_t *, uint64_t *, int64_t *);
+
+#define TQN_DEFINE_TARGET(SUFFIX, ATTR)                                                      \
+    ATTR TQN_UNUSED static void hamming_##SUFFIX(const uint64_t *q, const uint64_t *db,      \
+                                                 int64_t nq, int64_t ndb, int64_t nwords,    \
+                                                 void *out, int elem_size) {                 \
+        switch (nwords) {                                                                    \
+            case 1: hamming_body(q, db, nq, ndb, nwords, out, elem_size, 1); break;          \
+            case 2: hamming_body(q, db, nq, ndb, nwords, out, elem_size, 2); break;          \
+            case 3: hamming_body(q, db, nq, ndb, nwords, out, elem_size, 3); break;          \
+            case 4: hamming_body(q, db, nq, ndb, nwords, out, elem_size, 4); break;          \
+            default: hamming_body(q, db, nq, ndb, nwords, out, elem_size, 0);                \
+        }                                                                                    \
+    }                                                                                        \
+    TQN_DEFINE_SCAN(SUFFIX, ATTR, 1, 0) TQN_DEFINE_SCAN(SUFFIX, ATTR, 2, 0)                  \
+    TQN_DEFINE_SCAN(SUFFIX, ATTR, 3, 0) TQN_DEFINE_SCAN(SUFFIX, ATTR, 4, 0)                  \
+    TQN_DEFINE_SCAN(SUFFIX, ATTR, 0, 0) TQN_DEFINE_SCAN(SUFFIX, ATTR, 1, 1)                  \
+    TQN_DEFINE_SCAN(SUFFIX, ATTR, 2, 1) TQN_DEFINE_SCAN(SUFFIX, ATTR, 3, 1)                  \
+    TQN_DEFINE_SCAN(SUFFIX, ATTR, 4, 1) TQN_DEFINE_SCAN(SUFFIX, ATTR, 0, 1)                  \
+    TQN_UNUSED static scan_fn pick_scan_##SUFFIX(int64_t nwords, int rec) {                  \
+        static const scan_fn table[2][5] = {                                                 \
+            {scan_##SUFFIX##_0_0, scan_##SUFFIX##_1_0, scan_##SUFFIX##_2_0,                   \
+             scan_##SUFFIX##_3_0, scan_##SUFFIX##_4_0},                                      \
+            {scan_##SUFFIX##_0_1, scan_##SUFFIX##_1_1, scan_##SUFFIX##_2_1,                   \
+             scan_##SUFFIX##_3_1, scan_##SUFFIX##_4_1}};                                     \
+        return table[rec ? 1 : 0][nwords >= 1 && nwords <= 4 ? nwords : 0];                 \
+    }
+
+#define TQN_DEFINE_SCAN(SUFFIX, ATTR, NW, REC)                                               \
+    ATTR static void scan_##SUFFIX##_##NW##_##REC(                                       \
+            const uint64_t *qi, const uint64_t *db, int64_t lo, int64_t hi, int64_t nwords,  \
+            int32_t ql, const int32_t *dbl, int64_t *cnt, uint64_t *rec, int64_t *nrec) {    \
+        scan_body(qi, db, lo, hi, nwords, ql, dbl, cnt, rec, nrec, NW, REC);                 \
+    }
+
+TQN_DEFINE_TARGET(generic, )
+#if defined(__x86_64__) || defined(__i386__)
+#define TQN_X86 1
+TQN_DEFINE_TARGET(popcnt, __attribute__((target("popcnt"))))
+static int has_popcnt(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("popcnt");
+}
+#endif
+
+/* Neumaier's compensated sum: sum += x with the rounding error kept in comp. */
+static inline void kahan_add(double *sum, double *comp, double x) {
+    double t = *sum + x;
+    if ((*sum >= 0 ? *sum : -*sum) >= (x >= 0 ? x : -x)) *comp += (*sum - t) + x;
+    else *comp += (x - t) + *sum;
+    *sum = t;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Exported functions                                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Hamming distances [nq, ndb] into `out` (elem_size 1, 2 or 4 bytes per distance). */
+void tqn_hamming(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb,
+                 int64_t nwords, void *out, int elem_size) {
+#ifdef TQN_X86
+    if (has_popcnt()) {
+        hamming_popcnt(q, db, nq, ndb, nwords, out, elem_size);
+        return;
+    }
+#endif
+    hamming_generic(q, db, nq, ndb, nwords, out, elem_size);
+}
+
+/* One scan of the database per query: histograms and, optionally, index-order statistics.
+ *
+ *   q [nq, nwords], db [ndb, nwords]    word codes
+ *   qlab [nq], dblab [ndb]              int32 label codes (relevant <=> equal)
+ *   nbins = nbits + 1                   rel / tot have nbins columns
+ *   self_start                          -1, or query i is database item self_start + i and
+ *                                       is left out of its own ranking
+ *   rel, tot [nq, nbins]                int64 histograms over the distance (output)
+ *   ap_sum, mapr_sum [nq]               sum over relevant items of hits / rank, over all
+ *                                       of them and over those with rank <= R (output; NULL
+ *                                       skips the index-order statistics)
+ *   ks [nk] (ascending), hits_k [nq, nk]  #relevant items with rank <= ks[t] (output)
+ *
+ * Index order = ties broken by database index: item j at distance d has rank
+ * T_d + #{i < j : d_i = d} + 1, and B_d + #{relevant i < j : d_i = d} + 1 relevant items up
+ * to it (T_d, B_d: items / relevant items at distances < d). The scan keeps the running
+ * count #{i < j : d_i = d} per distance (a counting sort), records it for relevant items,
+ * and T_d, B_d come from the finished histograms: O(ndb + nbins) per query, no sort.
+ *
+ * Returns 0, -1 if a distance exceeds nbins - 1 (codes wider than nbits), -2 if out of
+ * memory, -3 if nbits >= 65536 (index-order records hold 16-bit distances).
+ */
+int tqn_scan(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb, int64_t nwords,
+             const int32_t *qlab, const int32_t *dblab, int64_t nbins, int64_t self_start,
+             int64_t *rel, int64_t *tot, double *ap_sum, double *mapr_sum,
+             const int64_t *ks, int64_t nk, int64_t *hits_k) {
+    const int want = ap_sum != NULL;
+    const int64_t maxd = 64 * nwords;  /* distances are <= maxd whatever nbins */
+    const size_t nd = (size_t)maxd + 1;
+    if (want && maxd >= 65536) return -3;
+    int64_t *cnt = (int64_t *)malloc(sizeof(int64_t) * 2 * nd);
+    int64_t *seen = (int64_t *)malloc(sizeof(int64_t) * nd);
+    uint64_t *rec = want ? (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1)) : NULL;
+    int status = 0;
+    scan_fn scan = pick_scan_generic(nwords, want);
+#ifdef TQN_X86
+    if (has_popcnt()) scan = pick_scan_popcnt(nwords, want);
+#endif
+    if (!cnt || !seen || (want && !rec)) {
+        status = -2;
+        goto done;
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        const uint64_t *qi = q + (size_t)i * (size_t)nwords;
+        const int64_t self = self_start >= 0 ? self_start + i : -1;
+        int64_t nrec = 0;
+        memset(cnt, 0, sizeof(int64_t) * 2 * nd);
+        if (self >= 0 && self < ndb) {
+            scan(qi, db, 0, self, nwords, qlab[i], dblab, cnt, rec, &nrec);
+            scan(qi, db, self, ndb, nwords, qlab[i], dblab, cnt, rec, &nrec);
+        } else {
+            scan(qi, db, 0, ndb, nwords, qlab[i], dblab, cnt, rec, &nrec);
+        }
+        for (size_t d = (size_t)nbins; d < nd; d++) {  /* a distance above nbits */
+            if (want ? cnt[d] : cnt[2 * d] + cnt[2 * d + 1]) {
+                status = -1;
+                goto done;
+            }
+        }
+        int64_t *rel_i = rel + (size_t)i * (size_t)nbins;
+        int64_t *tot_i = tot + (size_t)i * (size_t)nbins;
+        int64_t *before = cnt, *rel_before = cnt + nd;  /* REC layout, filled below */
+        int64_t n_rel = 0, n_items = 0;
+        for (int64_t d = 0; d < nbins; d++) {
+            if (want) {
+                tot_i[d] = cnt[d];
+                rel_i[d] = cnt[nd + d];
+            } else {
+                tot_i[d] = cnt[2 * d] + cnt[2 * d + 1];
+                rel_i[d] = cnt[2 * d + 1];
+            }
+        }
+        if (!want) continue;
+        for (int64_t d = 0; d < nbins; d++) {
+            /* before[d] = T_d, rel_before[d] = B_d; seen[d]: relevant items of group d
+               already ranked */
+            before[d] = n_items;
+            rel_before[d] = n_rel;
+            seen[d] = 0;
+            n_items += tot_i[d];
+            n_rel += rel_i[d];
+        }
+        double ap = 0.0, ap_c = 0.0, mr = 0.0, mr_c = 0.0;
+        int64_t *hk = hits_k + (size_t)i * (size_t)nk;
+        for (int64_t t = 0; t < nk; t++) hk[t] = 0;
+        for (int64_t r = 0; r < nrec; r++) {  /* relevant items, in index order */
+            const int64_t d = (int64_t)(rec[r] & 0xFFFFu);
+            const int64_t rank = before[d] + (int64_t)(rec[r] >> 16) + 1;
+            const int64_t hits = rel_before[d] + (++seen[d]);
+            const double p = (double)hits / (double)rank;
+            kahan_add(&ap, &ap_c, p);
+            if (rank <= n_rel) kahan_add(&mr, &mr_c, p);
+            for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
+        }
+        ap_sum[i] = ap + ap_c;
+        mapr_sum[i] = mr + mr_c;
+    }
+done:
+    free(cnt);
+    free(seen);
+    free(rec);
+    return status;
+}

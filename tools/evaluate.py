@@ -1,0 +1,112 @@
+"""Evaluates saved blobs (`tools.extract`): binary codes by Hamming ranking, real-valued
+features by Euclidean ranking, and the codes' health.
+
+    python -m tools.evaluate RUN/blobs/step2 [--ks 1 10 20 100] [--out RUN/eval/step2]
+
+Writes <out>/metrics.json and <out>/pr_curve.png and prints a summary that names the protocol.
+Tie-aware mAP (the expectation over random order within Hamming ties) is the primary figure;
+mAP with ties broken by database index stands beside it (see tools/metrics.py). When the
+database is the query set (protocol dsh), each query is left out of its own ranking.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from tools import codes as C
+from tools import metrics as M
+from tools.extract import ExtractError, load_blobs
+
+DEFAULT_KS = (1, 10, 20, 100)
+
+
+def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None):
+    meta, sets = load_blobs(blobs)
+    q, db = sets["query"], sets["database"]
+    bits, same = meta["bits"], bool(meta.get("database_is_query"))
+    binary = M.evaluate_codes(q["codes"], q["labels"], db["codes"], db["labels"], bits,
+                              exclude_self=same, ks=ks, radii=(2,))
+    real = M.evaluate_features(q["features"], q["labels"], db["features"], db["labels"],
+                               exclude_self=same, ks=ks)
+    rel, tot = M.hamming_histograms(C.to_words(q["codes"], bits), q["labels"],
+                                    C.to_words(db["codes"], bits), db["labels"], bits, same)
+    precision, recall, empty = M.pr_curve_by_radius(rel, tot)
+    db_bits = C.unpack_bits(db["codes"], bits)
+    health = C.code_health(db_bits)
+    classes = num_classes or len(np.unique(db["labels"]))
+    warnings = C.collapse_warnings(health, classes if classes <= 1000 else None)
+    result = dict(
+        protocol=meta.get("protocol"), dataset=meta.get("dataset"), bits=bits,
+        weights=meta.get("weights"), exclude_self=same,
+        binary=binary, real=real,
+        drop_map=M.relative_drop(real["map"], binary["map_tie_aware"]) if real["map"] > 0 else None,
+        pr_by_radius=dict(precision=precision.tolist(), recall=recall.tolist(),
+                          empty_share=np.asarray(empty).tolist()),
+        code_health={k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in health.items()},
+        collapse_warnings=warnings)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+        plot_pr(result, os.path.join(out, "pr_curve.png"))
+    return result
+
+
+def plot_pr(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pr = result["pr_by_radius"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(pr["recall"], pr["precision"], marker=".")
+    for r in (0, 2, 4):
+        if r < len(pr["recall"]):
+            ax.annotate(f"r={r}", (pr["recall"][r], pr["precision"][r]), fontsize=7)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (empty ball = 0)")
+    ax.set_title(f"{result['dataset']} {result['bits']} bits, protocol {result['protocol']}\n"
+                 f"Hamming ball of radius r", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def summary(result):
+    b, r, h = result["binary"], result["real"], result["code_health"]
+    lines = [f"protocol {result['protocol']} | {result['dataset']} | {result['bits']} bits | "
+             f"{b['n_queries']} queries x {b['n_database']} database items"
+             + (" (each query left out of its own ranking)" if result["exclude_self"] else ""),
+             f"  binary codes (Hamming): mAP {b['map_tie_aware']:.4f} tie-aware, "
+             f"{b['map_index_order']:.4f} index order; mAP@R {b['map_at_r_tie_aware']:.4f}; "
+             f"P@r<=2 {b['precision_radius2']:.4f} (empty balls {b['empty_radius2_share']:.1%})",
+             f"  real-valued (Euclidean): mAP {r['map']:.4f}; drop to binary "
+             + (f"{result['drop_map']:.1%}" if result["drop_map"] is not None else "n/a"),
+             f"  code health: {h['distinct_codes']} distinct codes, mean bit entropy "
+             f"{h['mean_entropy']:.3f}, most common code {h['top1_share']:.1%} of items"]
+    for w in result["collapse_warnings"]:
+        lines.append(f"  WARNING: {w}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("blobs", help="an extraction folder (meta.json, query/, database/)")
+    ap.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
+    ap.add_argument("--out", help="folder for metrics.json and pr_curve.png")
+    args = ap.parse_args(argv)
+    try:
+        result = evaluate(args.blobs, tuple(args.ks), args.out)
+    except ExtractError as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
