@@ -49,7 +49,8 @@ def plot_curves(panels, path, title):
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path + ".tmp.png"

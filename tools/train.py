@@ -123,7 +123,7 @@ def step_files(run, p, step, first_triplet):
 
 def run_caffe(cmd, log_path, iters, label, quiet=False):
     """Runs `caffe train`, appending its log to log_path and printing progress every 10%."""
-    env = dict(os.environ, GLOG_logtostderr="1")
+    env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")  # the log is a product
     next_report = 0.1
     start = time.monotonic()
     pattern = re.compile(r"\] Iteration (\d+).*loss = (\S+)")
@@ -182,7 +182,7 @@ def train(args):
         resumed = state[0] if state else 0
         first = p["first_triplet"][step - 1] + resumed * p["batch_triplets"]
         solver_path = step_files(run, p, step, first)
-        cmd = [caffe, "train", f"-solver={solver_path}", "-sigint_effect=snapshot"]
+        cmd = [caffe, "train", f"-solver={solver_path}"]  # Ctrl-C: snapshot, then stop
         if state:
             cmd.append(f"-snapshot={state[1]}")
             print(f"step {step}: resuming from iteration {resumed} ({os.path.relpath(state[1])})")

@@ -1,0 +1,135 @@
+"""The pipeline on the embedded digits data: training (both steps, resume, records), extraction
+(saved-blob format), evaluation, and the main job's table."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tools import codes as C
+from tools import evaluate as E
+from tools import extract as X
+from tools import main_job
+from tools import train as T
+
+
+def train_args(data, out, *extra):
+    args = T.build_parser().parse_args(["--data", str(data), "--dataset", "digits", "--bits", "12",
+                                        "--out", str(out), "--quiet", "--snapshots", "3", *extra])
+    args.tqn = {}
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_data, caffe_build):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    run = tmp_path_factory.mktemp("run")
+    record = T.train(train_args(digits_data, run, "--iters", "60", "45"))
+    return run, record
+
+
+def test_training_writes_models_logs_and_every_seed(trained, digits_data):
+    run, record = trained
+    assert (run / "step1_iter_60.caffemodel").exists() and (run / "step2_iter_45.caffemodel").exists()
+    params = json.loads((run / "params.json").read_text())
+    plan = params["plan"]
+    assert plan["solver_seeds"] == [1, 2] and plan["data_seed"] == 0 and plan["triplet_seed"] == 0
+    assert plan["iterations"] == [60, 45] and plan["base_lr"] == [0.01, 0.001]
+    assert plan["tqn"]["alpha_d"] == pytest.approx(3.83)          # Table I, 12 bits
+    assert plan["first_triplet"] == [0, 60 * 32]                   # step 2 continues the list
+    assert "first_triplet: 1920" in (run / "step2_net.prototxt").read_text()
+    assert 'weights: "' + str(run / "step1_iter_60.caffemodel") in (run / "step2_solver.prototxt").read_text()
+    for step in (1, 2):
+        assert "Optimization Done" in (run / "logs" / f"step{step}.log").read_text()
+
+
+def test_rerun_does_nothing_and_other_parameters_are_refused(trained, digits_data, capsys):
+    run, _ = trained
+    before = (run / "logs" / "step1.log").stat().st_size
+    T.train(train_args(digits_data, run, "--iters", "60", "45"))
+    assert (run / "logs" / "step1.log").stat().st_size == before
+    assert "step 1: done" in capsys.readouterr().out
+    with pytest.raises(T.TrainError, match="holds a run with other parameters \\(first_triplet, iterations\\)"):
+        T.train(train_args(digits_data, run, "--iters", "70", "45"))
+
+
+def test_interrupted_step_resumes_from_its_solverstate(tmp_path, digits_data, caffe_build, capsys):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "1"))
+    # As if stopped after the snapshot at iteration 40: drop the later files.
+    for name in ("step1_iter_60.caffemodel", "step1_iter_60.solverstate"):
+        (tmp_path / name).unlink()
+    T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "1"))
+    out = capsys.readouterr().out
+    assert "resuming from iteration 40" in out
+    assert (tmp_path / "step1_iter_60.caffemodel").exists()
+    net = (tmp_path / "step1_net.prototxt").read_text()
+    assert f"first_triplet: {40 * 32}" in net                      # the triplet position too
+
+
+def test_step2_without_step1_is_refused(tmp_path, digits_data, caffe_build):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    with pytest.raises(T.TrainError, match="step 2 needs step 1's"):
+        T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "2"))
+
+
+def test_missing_data_is_named(tmp_path):
+    with pytest.raises(T.TrainError, match="dataset.json is missing: build the data set first"):
+        T.train(train_args(tmp_path / "nothing", tmp_path / "run"))
+
+
+def test_extraction_format_and_evaluation(trained, digits_data, tmp_path):
+    run, _ = trained
+    blobs = tmp_path / "blobs"
+    meta = X.extract(str(digits_data), "digits", "cpu", 12, str(run / "step2_iter_45.caffemodel"),
+                     str(blobs), batch=64)
+    assert meta["counts"] == {"query": 359, "database": 1438} and not meta["database_is_query"]
+    for s, n in (("query", 359), ("database", 1438)):
+        feats = np.load(blobs / s / "features.npy")
+        codes = np.load(blobs / s / "codes.npy")
+        labels = np.load(blobs / s / "labels.npy")
+        assert feats.shape == (n, 12) and feats.dtype == np.float32
+        assert ((feats > 0) & (feats < 1)).all()                   # sigmoid outputs
+        assert codes.shape == (n, 2) and codes.dtype == np.uint8
+        np.testing.assert_array_equal(np.unpackbits(codes, axis=1, bitorder="big")[:, :12],
+                                      feats > 0.5)
+        want = [int(line.split()[1]) for line in
+                (digits_data / "splits" / "digits" / f"{'train' if s == 'database' else s}.txt").read_text().split("\n") if line]
+        np.testing.assert_array_equal(labels, want)                # LMDB row order = list order
+    result = E.evaluate(str(blobs), out=str(tmp_path / "eval"))
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "pr_curve.png").exists()
+    assert 0 < result["binary"]["map_tie_aware"] <= 1 and 0 < result["real"]["map"] <= 1
+    assert result["protocol"] == "digits" and "protocol digits" in E.summary(result)
+    # A second extraction with the same weights does nothing.
+    assert X.extract(str(digits_data), "digits", "cpu", 12, str(run / "step2_iter_45.caffemodel"),
+                     str(blobs)) == meta
+
+
+def test_collapsed_codes_are_reported_loudly(tmp_path):
+    (tmp_path / "query").mkdir()
+    feats = np.full((50, 12), 0.9, np.float32)                      # every item: one code
+    for s in ("query",):
+        np.save(tmp_path / s / "features.npy", feats)
+        np.save(tmp_path / s / "codes.npy", C.pack_bits(C.binarize(feats)))
+        np.save(tmp_path / s / "labels.npy", np.arange(50) % 5)
+    os.symlink("query", tmp_path / "database")
+    (tmp_path / "meta.json").write_text(json.dumps(dict(bits=12, protocol="made", dataset="made",
+                                                        database_is_query=True)))
+    result = E.evaluate(str(tmp_path))
+    text = E.summary(result)
+    assert "WARNING: CODE COLLAPSE" in text and "CONSTANT BITS" in text
+
+
+def test_main_job_table(tmp_path, digits_data, caffe_build, capsys):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    summary = main_job.run(main_job.main.__globals__["argparse"].Namespace(
+        dataset="digits", scale="cpu", archive=None, root=None, protocol=None, data=str(digits_data),
+        data_args=[], bits=[12, 24], weights=None, epochs=[40, 40], iters=[40, 30],
+        batch_triplets=32, seed=1, data_seed=0, out=str(tmp_path), quiet=True))
+    table = (tmp_path / "results" / "table3.md").read_text()
+    for row in ("RF with triplet", "BC with triplet", "RF with TQN", "BC with TQN"):
+        assert f"| {row} |" in table
+    assert "protocol digits" in table and "index order" in table
+    for png in ("fig1_step1_losses.png", "fig2_step2_losses.png", "pr_curves.png"):
+        assert (tmp_path / "results" / png).stat().st_size > 1000
+    assert len(summary["table"]) == 8 and summary["solver_seed"] == 1
