@@ -48,6 +48,10 @@ def subprocess_env(caffe_build):
     env["PYTHONPATH"] = os.pathsep.join(
         [ROOT, os.path.join(ROOT, "layers", "python"), os.path.join(caffe_build["CAFFE_ROOT"], "python")]
         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # The Python embedded in the `caffe` binary (Python layers) finds its environment through
+    # the first python3 on PATH: make it the virtual environment's.
+    if caffe_build.get("TQN_PYTHON"):
+        env["PATH"] = os.path.dirname(caffe_build["TQN_PYTHON"]) + os.pathsep + env.get("PATH", "")
     env["GLOG_logtostderr"] = "1"
     env.pop("GLOG_minloglevel", None)
     return env

@@ -133,3 +133,24 @@ def test_main_job_table(tmp_path, digits_data, caffe_build, capsys):
     for png in ("fig1_step1_losses.png", "fig2_step2_losses.png", "pr_curves.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000
     assert len(summary["table"]) == 8 and summary["solver_seed"] == 1
+
+
+def test_self_match_include_counts_each_query_itself(tmp_path):
+    """With query = database, keeping each query in its own ranking (DSH's convention) puts a
+    relevant item at distance 0 for every query, so precision within radius 2 can only rise."""
+    (tmp_path / "query").mkdir()
+    rng = np.random.default_rng(0)
+    feats = rng.uniform(0, 1, (60, 12)).astype(np.float32)
+    np.save(tmp_path / "query" / "features.npy", feats)
+    np.save(tmp_path / "query" / "codes.npy", C.pack_bits(C.binarize(feats)))
+    np.save(tmp_path / "query" / "labels.npy", np.arange(60) % 3)
+    os.symlink("query", tmp_path / "database")
+    (tmp_path / "meta.json").write_text(json.dumps(dict(bits=12, protocol="made", dataset="made",
+                                                        database_is_query=True)))
+    excluded = E.evaluate(str(tmp_path))
+    included = E.evaluate(str(tmp_path), self_match="include")
+    assert excluded["binary"]["n_database"] == 59 and included["binary"]["n_database"] == 60
+    assert included["binary"]["precision_radius2"] > excluded["binary"]["precision_radius2"]
+    assert "as DSH's evaluation" in E.summary(included)
+    with pytest.raises(ValueError, match="self_match is 'exclude' or 'include'"):
+        E.evaluate(str(tmp_path), self_match="maybe")

@@ -89,15 +89,20 @@ def tied_problem(nbits, nq, ndb, seed, n_labels=4):
     return q_bits, q_labels, db_bits, db_labels
 
 
-@pytest.fixture(params=["native", "numpy"])
+@pytest.fixture(params=["native", "numpy", "generic"])
 def backend(request):
-    """Runs a test with the C kernels, then with the pure-numpy fallback."""
+    """Runs a test with the C kernels, with the pure-numpy fallback, and with the portable
+    C variant (no POPCNT instruction, as on non-x86 machines)."""
     if request.param == "numpy":
         with _native.disabled():
             yield "numpy"
+        return
+    if _native.lib() is None:
+        pytest.skip(f"C kernels unavailable: {_native.status()['reason']}")
+    if request.param == "generic":
+        with _native.generic_kernels():
+            yield "generic"
     else:
-        if _native.lib() is None:
-            pytest.skip(f"C kernels unavailable: {_native.status()['reason']}")
         yield "native"
 
 
@@ -166,6 +171,22 @@ def test_scan_exclude_self_large_database_first_queries(backend):
             assert hits_k[offset].tolist() == [ref["found"][1], ref["found"][10]]
         if rows.stop >= 12:
             break
+
+
+@pytest.mark.parametrize("chunk", [1, 4, None])
+def test_exclude_self_with_other_query_labels(chunk, backend):
+    """exclude_self drops item i from query i's ranking whatever the labels: here half the
+    queries carry another label than their own database item, which is then irrelevant."""
+    nbits = 11
+    _, _, bits, labels = tied_problem(nbits, 1, 120, seed=13)
+    q_labels = labels.copy()
+    q_labels[::2] = (labels[::2] + 1) % 4
+    check_scan_against_brute_force(bits, q_labels, bits, labels, nbits, True, chunk,
+                                   ks=(1, 7, 119))
+    rel, tot = hamming_histograms(to_words(bits, nbits), q_labels, to_words(bits, nbits),
+                                  labels, nbits, exclude_self=True, chunk=chunk)
+    for i, (d, r) in enumerate(bf_queries(bits, q_labels, bits, labels, exclude_self=True)):
+        assert [rel[i].tolist(), tot[i].tolist()] == list(bf_histogram(d, r, nbits))
 
 
 @pytest.mark.parametrize("nbits", [1, 7, 12, 48, 64, 65, 129, 256])
@@ -266,6 +287,20 @@ def test_scan_refuses_codes_wider_than_nbits(backend):
         hamming_histograms(words, np.zeros(3), words, np.zeros(3), 5)
     with pytest.raises(ValueError, match="exceeds nbits"):
         list(_scan_chunks(words, np.zeros(3), words, np.zeros(3), 5, False, None, (1,)))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_threads_do_not_change_results(threads):
+    nbits = 24
+    q_bits, q_labels, db_bits, db_labels = tied_problem(nbits, 40, 700, seed=24)
+    one = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=13)
+    many = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=13,
+                          threads=threads)
+    assert one == many  # bitwise: each query is computed alike
+    same = evaluate_codes(db_bits, db_labels, db_bits, db_labels, nbits, exclude_self=True,
+                          chunk=50, threads=threads)
+    assert same == evaluate_codes(db_bits, db_labels, db_bits, db_labels, nbits,
+                                  exclude_self=True, chunk=50)
 
 
 def test_native_status_and_disabled_switch():

@@ -14,9 +14,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TQN_ABI_VERSION 1
+#define TQN_ABI_VERSION 2
 
 int tqn_abi_version(void) { return TQN_ABI_VERSION; }
+
+/* Tests: run the generic (portable) kernels even where POPCNT exists; returns the
+   previous setting. */
+#if defined(__x86_64__) || defined(__i386__)
+static int force_generic;
+int tqn_force_generic(int on) {
+    int old = force_generic;
+    force_generic = on;
+    return old;
+}
+#else
+int tqn_force_generic(int on) {
+    (void)on;
+    return 0;
+}
+#endif
 
 /* ---------------------------------------------------------------------------------------- */
 /* Kernels, instantiated per target below                                                   */
@@ -32,8 +48,8 @@ int tqn_abi_version(void) { return TQN_ABI_VERSION; }
 
 /* Hamming distance between a query and database item j; NW > 0 is a compile-time word
    count (unrolled), NW == 0 means `nwords` words. */
-TQN_INLINE uint64_t dist_of(const uint64_t *qi, const uint64_t *db, int64_t j, int64_t nwords,
-                            const int NW) {
+TQN_INLINE uint64_t dist_of(const uint64_t *restrict qi, const uint64_t *restrict db, int64_t j,
+                            int64_t nwords, const int NW) {
     const int64_t n = NW > 0 ? NW : nwords;
     const uint64_t *b = db + (size_t)j * (size_t)n;
     uint64_t s = 0;
@@ -59,38 +75,63 @@ TQN_INLINE void hamming_body(const uint64_t *q, const uint64_t *db, int64_t nq, 
     }
 }
 
-/* One query over database items [lo, hi), in index order. cnt has 2 (maxd + 1) entries.
- *   REC = 0: cnt[2 d + same] += 1 (one histogram of both kinds, one increment per item);
- *   REC = 1: cnt[d] += 1 and cnt[maxd + 1 + d] += same, where cnt[d] before the increment
- *            is the number of earlier items at distance d (the item's place in its tie
- *            group); each relevant item appends (place << 16 | d) to rec (written for every
- *            item, kept only for relevant ones: no branch).
- * Distances above nbits show up as counts beyond the caller's nbins. */
-TQN_INLINE void scan_body(const uint64_t *qi, const uint64_t *db, int64_t lo, int64_t hi,
-                              int64_t nwords, int32_t ql, const int32_t *dbl, int64_t *cnt,
-                              uint64_t *rec, int64_t *nrec, const int NW, const int REC) {
-    if (REC) {
-        int64_t *all = cnt, *relc = cnt + 64 * (NW > 0 ? NW : nwords) + 1;
-        int64_t n = *nrec;
-        for (int64_t j = lo; j < hi; j++) {
-            const uint64_t d = dist_of(qi, db, j, nwords, NW);
-            const int64_t same = dbl[j] == ql;
-            rec[n] = ((uint64_t)all[d] << 16) | d;
-            n += same;
-            all[d]++;
-            relc[d] += same;
-        }
-        *nrec = n;
-    } else {
-        for (int64_t j = lo; j < hi; j++) {
-            const uint64_t d = dist_of(qi, db, j, nwords, NW);
-            cnt[2 * d + (uint64_t)(dbl[j] == ql)]++;
-        }
+/* The relevant items of a query are given, not tested: `rel_idx[0..nrel)`, database rows in
+ * increasing order (the rows of the query's label, from a grouping of the database by label
+ * made once per call). The C code never compares labels.
+ *
+ * Histogram only (REC = 0): every item goes into one of 4 sub-histograms by position (four
+ * independent chains of increments: a single histogram stalls on store-to-load forwarding
+ * whenever two nearby items share a distance), then the relevant items are counted again.
+ *
+ * Index order (REC = 1): the items between two relevant ones (a "gap") are counted into one
+ * histogram all[]; at relevant item j, all[d_j] is the number of earlier items at its
+ * distance, its place in its tie group, recorded as (place << 16 | d) in rec. */
+TQN_INLINE void scan_body(const uint64_t *restrict qi, const uint64_t *restrict db, int64_t ndb,
+                          int64_t nwords, const int64_t *restrict rel_idx, int64_t nrel,
+                          int64_t self, int64_t nd, int64_t *restrict all,
+                          int64_t *restrict relc, uint64_t *restrict rec,
+                          int64_t *restrict nrec, const int NW, const int REC) {
+    uint64_t qcopy[4];  /* the query in locals: no reload after each histogram store */
+    if (NW > 0) {
+        for (int w = 0; w < NW; w++) qcopy[w] = qi[w];
+        qi = qcopy;
     }
+    if (!REC) {
+        int64_t *h0 = all, *h1 = all + nd, *h2 = all + 2 * nd, *h3 = all + 3 * nd;
+        int64_t j = 0;
+        for (; j + 4 <= ndb; j += 4) {
+            h0[dist_of(qi, db, j, nwords, NW)]++;
+            h1[dist_of(qi, db, j + 1, nwords, NW)]++;
+            h2[dist_of(qi, db, j + 2, nwords, NW)]++;
+            h3[dist_of(qi, db, j + 3, nwords, NW)]++;
+        }
+        for (; j < ndb; j++) h0[dist_of(qi, db, j, nwords, NW)]++;
+        if (self >= 0) h0[dist_of(qi, db, self, nwords, NW)]--;
+        for (int64_t d = 0; d < nd; d++) h0[d] += h1[d] + h2[d] + h3[d];
+        for (int64_t r = 0; r < nrel; r++)
+            if (rel_idx[r] != self) relc[dist_of(qi, db, rel_idx[r], nwords, NW)]++;
+        return;
+    }
+    int64_t j = 0, n = 0;
+    for (int64_t r = 0; r <= nrel; r++) {
+        const int64_t row = r < nrel ? rel_idx[r] : ndb;
+        /* the gap [j, row), without the query itself */
+        const int64_t cut = self >= j && self < row ? self : row;
+        for (; j < cut; j++) all[dist_of(qi, db, j, nwords, NW)]++;
+        if (cut < row)
+            for (j = cut + 1; j < row; j++) all[dist_of(qi, db, j, nwords, NW)]++;
+        j = row + 1;
+        if (row == ndb || row == self) continue;  /* the end, or the query: not ranked */
+        const uint64_t d = dist_of(qi, db, row, nwords, NW);
+        rec[n++] = ((uint64_t)all[d] << 16) | d;
+        all[d]++;
+        relc[d]++;
+    }
+    *nrec = n;
 }
 
-typedef void (*scan_fn)(const uint64_t *, const uint64_t *, int64_t, int64_t, int64_t,
-                            int32_t, const int32_t *, int64_t *, uint64_t *, int64_t *);
+typedef void (*scan_fn)(const uint64_t *, const uint64_t *, int64_t, int64_t, const int64_t *,
+                        int64_t, int64_t, int64_t, int64_t *, int64_t *, uint64_t *, int64_t *);
 
 #define TQN_DEFINE_TARGET(SUFFIX, ATTR)                                                      \
     ATTR TQN_UNUSED static void hamming_##SUFFIX(const uint64_t *q, const uint64_t *db,      \
@@ -120,9 +161,11 @@ typedef void (*scan_fn)(const uint64_t *, const uint64_t *, int64_t, int64_t, in
 
 #define TQN_DEFINE_SCAN(SUFFIX, ATTR, NW, REC)                                               \
     ATTR static void scan_##SUFFIX##_##NW##_##REC(                                       \
-            const uint64_t *qi, const uint64_t *db, int64_t lo, int64_t hi, int64_t nwords,  \
-            int32_t ql, const int32_t *dbl, int64_t *cnt, uint64_t *rec, int64_t *nrec) {    \
-        scan_body(qi, db, lo, hi, nwords, ql, dbl, cnt, rec, nrec, NW, REC);                 \
+            const uint64_t *qi, const uint64_t *db, int64_t ndb, int64_t nwords,             \
+            const int64_t *rel_idx, int64_t nrel, int64_t self, int64_t nd, int64_t *all,    \
+            int64_t *relc, uint64_t *rec, int64_t *nrec) {                                   \
+        scan_body(qi, db, ndb, nwords, rel_idx, nrel, self, nd, all, relc, rec, nrec, NW,    \
+                  REC);                                                                      \
     }
 
 TQN_DEFINE_TARGET(generic, )
@@ -131,7 +174,7 @@ TQN_DEFINE_TARGET(generic, )
 TQN_DEFINE_TARGET(popcnt, __attribute__((target("popcnt"))))
 static int has_popcnt(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("popcnt");
+    return !force_generic && __builtin_cpu_supports("popcnt");
 }
 #endif
 
@@ -162,10 +205,12 @@ void tqn_hamming(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb,
 /* One scan of the database per query: histograms and, optionally, index-order statistics.
  *
  *   q [nq, nwords], db [ndb, nwords]    word codes
- *   qlab [nq], dblab [ndb]              int32 label codes (relevant <=> equal)
+ *   rel_idx [*], rel_lo, rel_hi [nq]    the relevant items of query i are the database rows
+ *                                       rel_idx[rel_lo[i] .. rel_hi[i]), in increasing order
  *   nbins = nbits + 1                   rel / tot have nbins columns
  *   self_start                          -1, or query i is database item self_start + i and
- *                                       is left out of its own ranking
+ *                                       is left out of its own ranking (it must then be
+ *                                       among its own relevant items)
  *   rel, tot [nq, nbins]                int64 histograms over the distance (output)
  *   ap_sum, mapr_sum [nq]               sum over relevant items of hits / rank, over all
  *                                       of them and over those with rank <= R (output; NULL
@@ -182,62 +227,53 @@ void tqn_hamming(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb,
  * memory, -3 if nbits >= 65536 (index-order records hold 16-bit distances).
  */
 int tqn_scan(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb, int64_t nwords,
-             const int32_t *qlab, const int32_t *dblab, int64_t nbins, int64_t self_start,
-             int64_t *rel, int64_t *tot, double *ap_sum, double *mapr_sum,
-             const int64_t *ks, int64_t nk, int64_t *hits_k) {
+             const int64_t *rel_idx, const int64_t *rel_lo, const int64_t *rel_hi,
+             int64_t nbins, int64_t self_start, int64_t *rel, int64_t *tot, double *ap_sum,
+             double *mapr_sum, const int64_t *ks, int64_t nk, int64_t *hits_k) {
     const int want = ap_sum != NULL;
     const int64_t maxd = 64 * nwords;  /* distances are <= maxd whatever nbins */
-    const size_t nd = (size_t)maxd + 1;
+    const int64_t nd = maxd + 1;
     if (want && maxd >= 65536) return -3;
-    int64_t *cnt = (int64_t *)malloc(sizeof(int64_t) * 2 * nd);
-    int64_t *seen = (int64_t *)malloc(sizeof(int64_t) * nd);
+    int64_t *all = (int64_t *)malloc(sizeof(int64_t) * 4 * (size_t)nd);
+    int64_t *relc = (int64_t *)malloc(sizeof(int64_t) * (size_t)nd);
+    int64_t *seen = (int64_t *)malloc(sizeof(int64_t) * (size_t)nd);
     uint64_t *rec = want ? (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1)) : NULL;
     int status = 0;
     scan_fn scan = pick_scan_generic(nwords, want);
 #ifdef TQN_X86
     if (has_popcnt()) scan = pick_scan_popcnt(nwords, want);
 #endif
-    if (!cnt || !seen || (want && !rec)) {
+    if (!all || !relc || !seen || (want && !rec)) {
         status = -2;
         goto done;
     }
     for (int64_t i = 0; i < nq; i++) {
         const uint64_t *qi = q + (size_t)i * (size_t)nwords;
-        const int64_t self = self_start >= 0 ? self_start + i : -1;
+        const int64_t self = self_start >= 0 && self_start + i < ndb ? self_start + i : -1;
         int64_t nrec = 0;
-        memset(cnt, 0, sizeof(int64_t) * 2 * nd);
-        if (self >= 0 && self < ndb) {
-            scan(qi, db, 0, self, nwords, qlab[i], dblab, cnt, rec, &nrec);
-            scan(qi, db, self, ndb, nwords, qlab[i], dblab, cnt, rec, &nrec);
-        } else {
-            scan(qi, db, 0, ndb, nwords, qlab[i], dblab, cnt, rec, &nrec);
-        }
-        for (size_t d = (size_t)nbins; d < nd; d++) {  /* a distance above nbits */
-            if (want ? cnt[d] : cnt[2 * d] + cnt[2 * d + 1]) {
+        memset(all, 0, sizeof(int64_t) * 4 * (size_t)nd);
+        memset(relc, 0, sizeof(int64_t) * (size_t)nd);
+        scan(qi, db, ndb, nwords, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], self, nd, all,
+             relc, rec, &nrec);
+        for (int64_t d = nbins; d < nd; d++) {  /* a distance above nbits */
+            if (all[d]) {
                 status = -1;
                 goto done;
             }
         }
         int64_t *rel_i = rel + (size_t)i * (size_t)nbins;
         int64_t *tot_i = tot + (size_t)i * (size_t)nbins;
-        int64_t *before = cnt, *rel_before = cnt + nd;  /* REC layout, filled below */
-        int64_t n_rel = 0, n_items = 0;
         for (int64_t d = 0; d < nbins; d++) {
-            if (want) {
-                tot_i[d] = cnt[d];
-                rel_i[d] = cnt[nd + d];
-            } else {
-                tot_i[d] = cnt[2 * d] + cnt[2 * d + 1];
-                rel_i[d] = cnt[2 * d + 1];
-            }
+            tot_i[d] = all[d];
+            rel_i[d] = relc[d];
         }
         if (!want) continue;
+        int64_t *before = all, *rel_before = relc;  /* reused: T_d and B_d */
+        int64_t n_rel = 0, n_items = 0;
         for (int64_t d = 0; d < nbins; d++) {
-            /* before[d] = T_d, rel_before[d] = B_d; seen[d]: relevant items of group d
-               already ranked */
             before[d] = n_items;
             rel_before[d] = n_rel;
-            seen[d] = 0;
+            seen[d] = 0;  /* relevant items of group d already ranked */
             n_items += tot_i[d];
             n_rel += rel_i[d];
         }
@@ -257,7 +293,8 @@ int tqn_scan(const uint64_t *q, const uint64_t *db, int64_t nq, int64_t ndb, int
         mapr_sum[i] = mr + mr_c;
     }
 done:
-    free(cnt);
+    free(all);
+    free(relc);
     free(seen);
     free(rec);
     return status;

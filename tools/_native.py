@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -75,6 +75,19 @@ def disabled():
         _disabled_depth[0] -= 1
 
 
+@contextlib.contextmanager
+def generic_kernels():
+    """Within the block the C kernels run their portable variant (no POPCNT instruction),
+    the only one on non-x86 machines: for tests."""
+    loaded = lib()
+    old = loaded.tqn_force_generic(1) if loaded is not None else 0
+    try:
+        yield
+    finally:
+        if loaded is not None:
+            loaded.tqn_force_generic(old)
+
+
 def _cache_dir():
     if os.environ.get("TQN_NATIVE_CACHE"):
         return os.environ["TQN_NATIVE_CACHE"]
@@ -120,6 +133,13 @@ def _load():
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        for name in os.listdir(folder):  # builds of older sources (a loaded one stays valid)
+            if name.startswith("tqn_native_") and name.endswith(".so") and \
+                    os.path.join(folder, name) != path:
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
     library = ctypes.CDLL(path)
     library.tqn_abi_version.restype = ctypes.c_int
     if library.tqn_abi_version() != ABI_VERSION:
@@ -127,8 +147,11 @@ def _load():
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     library.tqn_hamming.argtypes = [p, p, i64, i64, i64, p, ctypes.c_int]
     library.tqn_hamming.restype = None
-    library.tqn_scan.argtypes = [p, p, i64, i64, i64, p, p, i64, i64, p, p, p, p, p, i64, p]
+    library.tqn_scan.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, p, p, p, p, i64,
+                                 p]
     library.tqn_scan.restype = ctypes.c_int
+    library.tqn_force_generic.argtypes = [ctypes.c_int]
+    library.tqn_force_generic.restype = ctypes.c_int
     return library, path
 
 
@@ -146,18 +169,29 @@ def hamming(q_words, db_words, out):
     return out
 
 
-def scan(q_words, db_words, q_codes, db_codes, nbins, self_start=-1, ks=None):
+def relevance_index(q_labels, db_labels):
+    """The database grouped by label, for `scan`: ``(rel_idx, lo, hi)`` with the relevant
+    items of query i (equal label) at rel_idx[lo[i]:hi[i]], rows in increasing order.
+    Labels: any arrays numpy can sort and compare (int32 codes from tools.metrics)."""
+    order = np.argsort(db_labels, kind="stable")  # stable: increasing rows within a label
+    ordered = np.asarray(db_labels)[order]
+    lo = np.searchsorted(ordered, q_labels, side="left")
+    hi = np.searchsorted(ordered, q_labels, side="right")
+    return order.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64)
+
+
+def scan(q_words, db_words, relevance, nbins, self_start=-1, ks=None):
     """Histograms ``(rel, tot)`` int64 [nq, nbins] and, when ks is not None, index-order
     statistics ``(ap_sum, mapr_sum, hits_k [nq, len(ks)])`` (else None); see tqn_scan.
 
-    q_codes, db_codes: int32 label codes. Raises ValueError when a distance exceeds
-    nbins - 1.
+    relevance: ``(rel_idx, lo, hi)`` of `relevance_index` for these queries (lo, hi of
+    length nq). Raises ValueError when a distance exceeds nbins - 1.
     """
     q_words = np.ascontiguousarray(q_words, dtype=np.uint64)
     db_words = np.ascontiguousarray(db_words, dtype=np.uint64)
-    q_codes = np.ascontiguousarray(q_codes, dtype=np.int32)
-    db_codes = np.ascontiguousarray(db_codes, dtype=np.int32)
+    rel_idx, lo, hi = (np.ascontiguousarray(a, dtype=np.int64) for a in relevance)
     nq = len(q_words)
+    assert lo.shape == hi.shape == (nq,)
     rel = np.empty((nq, nbins), dtype=np.int64)
     tot = np.empty((nq, nbins), dtype=np.int64)
     stats = None
@@ -168,11 +202,13 @@ def scan(q_words, db_words, q_codes, db_codes, nbins, self_start=-1, ks=None):
         hits_k = np.empty((nq, len(ks_arr)), dtype=np.int64)
         stats = (ap_sum, mapr_sum, hits_k)
     status = lib().tqn_scan(_ptr(q_words), _ptr(db_words), nq, len(db_words),
-                            q_words.shape[1], _ptr(q_codes), _ptr(db_codes), nbins,
+                            q_words.shape[1], _ptr(rel_idx), _ptr(lo), _ptr(hi), nbins,
                             self_start, _ptr(rel), _ptr(tot), _ptr(ap_sum), _ptr(mapr_sum),
                             _ptr(ks_arr), 0 if ks_arr is None else len(ks_arr), _ptr(hits_k))
     if status == -1:
         raise ValueError(f"a distance exceeds nbits={nbins - 1}: codes are wider than nbits")
+    if status == -3:
+        raise ValueError("the C index-order scan needs nbits < 65536")
     if status != 0:
         raise MemoryError("tqn_scan: out of memory")
     return rel, tot, stats

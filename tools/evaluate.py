@@ -6,7 +6,9 @@ features by Euclidean ranking, and the codes' health.
 Writes <out>/metrics.json and <out>/pr_curve.png and prints a summary that names the protocol.
 Tie-aware mAP (the expectation over random order within Hamming ties) is the primary figure;
 mAP with ties broken by database index stands beside it (see tools/metrics.py). When the
-database is the query set (protocol dsh), each query is left out of its own ranking.
+database is the query set (protocol dsh), each query is left out of its own ranking; with
+`--self-match include` it stays in (DSH's own evaluation, CIFAR-10/test_map.m, keeps it: use that
+only to compare with figures computed that way, and say so).
 """
 import argparse
 import json
@@ -22,10 +24,13 @@ from tools.extract import ExtractError, load_blobs
 DEFAULT_KS = (1, 10, 20, 100)
 
 
-def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None):
+def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None, self_match="exclude"):
+    if self_match not in ("exclude", "include"):
+        raise ValueError(f"self_match is 'exclude' or 'include', got {self_match!r}")
     meta, sets = load_blobs(blobs)
     q, db = sets["query"], sets["database"]
-    bits, same = meta["bits"], bool(meta.get("database_is_query"))
+    bits = meta["bits"]
+    same = bool(meta.get("database_is_query")) and self_match == "exclude"
     binary = M.evaluate_codes(q["codes"], q["labels"], db["codes"], db["labels"], bits,
                               exclude_self=same, ks=ks, radii=(2,))
     real = M.evaluate_features(q["features"], q["labels"], db["features"], db["labels"],
@@ -40,6 +45,7 @@ def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None):
     result = dict(
         protocol=meta.get("protocol"), dataset=meta.get("dataset"), bits=bits,
         weights=meta.get("weights"), exclude_self=same,
+        self_match=self_match if meta.get("database_is_query") else "n/a (query and database differ)",
         binary=binary, real=real,
         drop_map=M.relative_drop(real["map"], binary["map_tie_aware"]) if real["map"] > 0 else None,
         pr_by_radius=dict(precision=precision.tolist(), recall=recall.tolist(),
@@ -80,7 +86,9 @@ def summary(result):
     b, r, h = result["binary"], result["real"], result["code_health"]
     lines = [f"protocol {result['protocol']} | {result['dataset']} | {result['bits']} bits | "
              f"{b['n_queries']} queries x {b['n_database']} database items"
-             + (" (each query left out of its own ranking)" if result["exclude_self"] else ""),
+             + (" (each query left out of its own ranking)" if result["exclude_self"] else "")
+            + (" (each query kept in its own ranking, as DSH's evaluation)"
+               if result["self_match"] == "include" else ""),
              f"  binary codes (Hamming): mAP {b['map_tie_aware']:.4f} tie-aware, "
              f"{b['map_index_order']:.4f} index order; mAP@R {b['map_at_r_tie_aware']:.4f}; "
              f"P@r<=2 {b['precision_radius2']:.4f} (empty balls {b['empty_radius2_share']:.1%})",
@@ -98,9 +106,12 @@ def main(argv=None):
     ap.add_argument("blobs", help="an extraction folder (meta.json, query/, database/)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
     ap.add_argument("--out", help="folder for metrics.json and pr_curve.png")
+    ap.add_argument("--self-match", choices=("exclude", "include"), default="exclude",
+                    help="when database = query: leave each query out of its own ranking (default) "
+                         "or keep it, as DSH's evaluation does")
     args = ap.parse_args(argv)
     try:
-        result = evaluate(args.blobs, tuple(args.ks), args.out)
+        result = evaluate(args.blobs, tuple(args.ks), args.out, self_match=args.self_match)
     except ExtractError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 1

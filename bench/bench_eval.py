@@ -1,0 +1,537 @@
+"""Benchmark of retrieval evaluation: this project's exact metrics against faiss-cpu, the
+peers' argsort evaluation and the popcount lower bound, on the same random codes.
+
+    nice python bench/bench_eval.py            # 10k queries x 50k database, 12/24/48/64 bits
+    nice python bench/bench_eval.py --small    # 1k x 5k, a quick run
+    python bench/bench_eval.py --sections ours popcount --bits 48
+
+Writes bench/results/eval.json and the "eval" section of bench/results/README.md (see
+bench/common.py for the format). Every measurement runs in a fresh interpreter, so its peak
+memory (ru_maxrss, the whole process: interpreter, numpy, data) is its own. Times are CPU
+time of that process (process_time: robust when other jobs share the machine; for faiss
+with several threads it sums the threads) and wall time; ratios use CPU time.
+
+Codes: 10 classes, a random prototype code per class, each bit of each item flipped with
+probability 0.3 (random codes with class structure, so mAP is informative and ties are
+realistic); labels = classes. Queries and database are drawn independently.
+
+Sections (``--sections``):
+  ours        tools.metrics.evaluate_codes: tie-aware + index-order mAP and mAP@R (ks=(),
+              radii=()); the full default evaluation (P@k, R@k, hit@k for k in 1,5,10,20,100,
+              precision within radius 2); and the pure-numpy fallback (no C compiler), timed
+              on a subset of queries and extrapolated linearly.
+  faiss       IndexBinaryFlat search with k = ndb (a full ranking, as mAP needs) and
+              k = 1000, one thread (like ours) and, at 48 bits, all threads; search time
+              only (results in batches of <= 256 MiB, discarded). mAP from a k = ndb search
+              still needs the post-processing (labels of the ids, AP), timed separately on
+              the first batch and checked equal to our index-order mAP.
+  reference   a faithful re-implementation of DeepHash-pytorch's CalcTopMap (per query:
+              Hamming distances as 0.5 (nbits - B1 . B2) on +-1 float codes, relevance from
+              one-hot labels, np.argsort, cumulative precision), with topk = ndb; BLAS pinned
+              to one thread; timed on a subset of queries and extrapolated linearly.
+  popcount    the lower bound nq * ndb * ceil(nbits / 64) XOR + popcount operations at
+              the single-core rate measured with a tight numpy loop (np.bitwise_xor and
+              np.bitwise_count into preallocated buffers).
+  caffe_loss_share, caffe_data_share, dqn_adc
+              hooks for later parts (pending): the loss layers' and the data layer's share
+              of a CPU training iteration (`caffe time`, needs the Caffe build) and DQN's
+              ADC search. A section function returning {"status": "done", ...} plus a
+              README renderer is all a new part needs.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from bench import common  # noqa: E402
+
+BENCH = "eval"
+SCRIPT = os.path.abspath(__file__)
+FULL = dict(nq=10_000, ndb=50_000, bits=[12, 24, 48, 64], reference_queries=500,
+            numpy_queries=1000)
+SMALL = dict(nq=1000, ndb=5000, bits=[12, 24, 48, 64], reference_queries=200,
+             numpy_queries=None)
+FULL_KS, FULL_RADII = (1, 5, 10, 20, 100), (2,)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+GOAL_BITS = 48
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+
+
+def make_codes(bits, nq, ndb, seed, classes=10, flip=0.3):
+    """Packed codes (big bit order, as on disk) and labels of queries and database."""
+    from tools.codes import pack_bits
+    rng = np.random.default_rng([seed, bits])
+    prototypes = rng.random((classes, bits)) < 0.5
+
+    def draw(n):
+        labels = rng.integers(0, classes, n)
+        bits_ = prototypes[labels] ^ (rng.random((n, bits)) < flip)
+        return pack_bits(bits_), labels
+
+    q, ql = draw(nq)
+    db, dbl = draw(ndb)
+    return q, ql, db, dbl
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+# ---------------------------------------------------------------------------------------
+# workers (run in a fresh interpreter: python bench_eval.py --worker NAME ...)
+# ---------------------------------------------------------------------------------------
+
+
+def worker_ours(a):
+    from tools import _native
+    from tools import metrics as M
+    from tools.codes import to_words
+    q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
+    ks, radii = (FULL_KS, FULL_RADII) if a.variant == "full" else ((), ())
+
+    def tie_aware_only(m):
+        """Exact tie-aware mAP and mAP@R: histograms + closed forms, no index order."""
+        rel, tot = M.hamming_histograms(to_words(q[:m], a.bits), ql[:m],
+                                        to_words(db, a.bits), dbl, a.bits)
+        return dict(map_tie_aware=float(np.mean(M.average_precision_tie_aware(rel, tot)[0])),
+                    map_at_r_tie_aware=float(np.mean(M.map_at_r_tie_aware(rel, tot))))
+
+    def evaluate(m):
+        if a.variant == "tie":
+            return tie_aware_only(m)
+        return M.evaluate_codes(q[:m], ql[:m], db, dbl, a.bits, ks=ks, radii=radii,
+                                threads=a.threads)
+
+    ctx = _native.disabled() if a.backend == "numpy" else contextlib.nullcontext()
+    with ctx:
+        status = _native.status()
+        if a.backend == "native" and status["backend"] != "native":
+            raise RuntimeError(f"C kernels unavailable: {status['reason']}")
+        evaluate(2)  # warm-up
+        n = min(a.timed or a.nq, a.nq)
+        rss_before = common.peak_rss_mib()
+        out, wall, cpu = timed(lambda: evaluate(n))
+    scale = a.nq / n
+    keep = ("map_tie_aware", "map_index_order", "map_at_r_tie_aware", "map_at_r_index_order",
+            "precision_at_100_tie_aware", "precision_radius2")
+    return dict(cpu_s=cpu * scale, wall_s=wall * scale, timed_queries=n,
+                extrapolated=n < a.nq, rss_before_mib=rss_before, threads=a.threads,
+                rss_peak_mib=common.peak_rss_mib(), backend=status["backend"],
+                metrics={k: out[k] for k in keep if k in out})
+
+
+def worker_faiss(a):
+    import faiss
+    from tools import metrics as M
+    from tools import retrieval as RT
+    faiss.omp_set_num_threads(a.threads)
+    q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
+    index, build_wall, build_cpu = timed(lambda: RT.build_index(db, a.bits, "flat"))
+    codes = RT.to_faiss_codes(q, a.bits)
+    k = min(a.k, a.ndb)
+    n = min(a.timed or a.nq, a.nq)
+    batch = max(1, min(n, (256 << 20) // (k * 12)))  # int32 distances + int64 ids
+    index.search(codes[:1], k)  # warm-up
+    rss_before = common.peak_rss_mib()
+
+    def run():
+        for s in range(0, n, batch):
+            index.search(codes[s:s + batch], k)
+
+    _, wall, cpu = timed(run)
+    scale = a.nq / n
+    out = dict(cpu_s=cpu * scale, wall_s=wall * scale, timed_queries=n, extrapolated=n < a.nq,
+               k=k, threads=a.threads, batch=batch, build_cpu_s=build_cpu,
+               rss_before_mib=rss_before, rss_peak_mib=common.peak_rss_mib())
+    # checks and post-processing, outside the timing, on the first batch (<= 200 queries)
+    m = min(batch, n, 200)
+    dist, ids = index.search(codes[:m], k)
+    exact = RT.exact_search(q[:m], db, a.bits, k)
+    out["ids_equal_exact_ranking"] = bool(np.array_equal(ids, exact[1])
+                                          and np.array_equal(dist, exact[0]))
+    if k == a.ndb:
+        def post():
+            ranked_rel = dbl[ids] == ql[:m, None]
+            return M.average_precision_index_order(ranked_rel)[0]
+        ap, post_wall, post_cpu = timed(post)
+        ours = M.evaluate_codes(q[:m], ql[:m], db, dbl, a.bits, ks=(), radii=())
+        out["map_from_faiss"] = float(np.mean(ap))
+        out["map_index_order_ours"] = ours["map_index_order"]
+        out["postprocess_cpu_s"] = post_cpu * a.nq / m
+        out["postprocess_wall_s"] = post_wall * a.nq / m
+    return out
+
+
+def calc_hamming_dist(B1, B2):
+    """DeepHash-pytorch utils/tools.py CalcHammingDist (+-1 codes)."""
+    q = B2.shape[1]
+    return 0.5 * (q - np.dot(B1, B2.transpose()))
+
+
+def calc_top_map(rB, qB, retrievalL, queryL, topk):
+    """DeepHash-pytorch utils/tools.py CalcTopMap, re-implemented line by line (without the
+    tqdm progress bar)."""
+    num_query = queryL.shape[0]
+    topkmap = 0
+    for it in range(num_query):
+        gnd = (np.dot(queryL[it, :], retrievalL.transpose()) > 0).astype(np.float32)
+        hamm = calc_hamming_dist(qB[it, :], rB)
+        ind = np.argsort(hamm)
+        gnd = gnd[ind]
+        tgnd = gnd[0:topk]
+        tsum = np.sum(tgnd).astype(int)
+        if tsum == 0:
+            continue
+        count = np.linspace(1, tsum, tsum)
+        tindex = np.asarray(np.where(tgnd == 1)) + 1.0
+        topkmap_ = np.mean(count / tindex)
+        topkmap = topkmap + topkmap_
+    return topkmap / num_query
+
+
+def worker_reference(a):
+    from tools import metrics as M
+    from tools.codes import unpack_bits
+    q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
+    n = min(a.timed or a.nq, a.nq)
+    # the peers' inputs: +-1 float32 codes (torch.sign(...).numpy()) and one-hot labels
+    qB = np.where(unpack_bits(q[:n], a.bits), 1.0, -1.0).astype(np.float32)
+    rB = np.where(unpack_bits(db, a.bits), 1.0, -1.0).astype(np.float32)
+    classes = int(max(ql.max(), dbl.max())) + 1
+    qL, rL = np.eye(classes, dtype=np.int64)[ql[:n]], np.eye(classes, dtype=np.int64)[dbl]
+    calc_top_map(rB, qB[:2], rL, qL[:2], a.ndb)  # warm-up
+    rss_before = common.peak_rss_mib()
+    value, wall, cpu = timed(lambda: calc_top_map(rB, qB, rL, qL, a.ndb))
+    ours = M.evaluate_codes(q[:n], ql[:n], db, dbl, a.bits, ks=(), radii=())
+    scale = a.nq / n
+    return dict(cpu_s=cpu * scale, wall_s=wall * scale, timed_queries=n, extrapolated=n < a.nq,
+                rss_before_mib=rss_before, rss_peak_mib=common.peak_rss_mib(),
+                map=float(value), map_tie_aware_ours=ours["map_tie_aware"],
+                map_index_order_ours=ours["map_index_order"])
+
+
+def worker_popcount(a):
+    """Single-core XOR + popcount rate of a tight numpy loop over one 64-bit word."""
+    rng = np.random.default_rng(a.seed)
+    db = rng.integers(0, np.iinfo(np.uint64).max, a.ndb, dtype=np.uint64, endpoint=True)
+    q = rng.integers(0, np.iinfo(np.uint64).max, a.nq, dtype=np.uint64, endpoint=True)
+    xor = np.empty(a.ndb, dtype=np.uint64)
+    count = np.empty(a.ndb, dtype=np.uint8)
+
+    def run():
+        for i in range(len(q)):
+            np.bitwise_xor(db, q[i], out=xor)
+            np.bitwise_count(xor, out=count)
+
+    best = None
+    for _ in range(3):
+        _, wall, cpu = timed(run)
+        best = cpu if best is None else min(best, cpu)
+    return dict(ops_per_s=len(q) * a.ndb / best, timed_pairs=len(q) * a.ndb, cpu_s=best)
+
+
+WORKERS = dict(ours=worker_ours, faiss=worker_faiss, reference=worker_reference,
+               popcount=worker_popcount)
+
+
+# ---------------------------------------------------------------------------------------
+# sections (parent process)
+# ---------------------------------------------------------------------------------------
+
+
+def _run(name, cfg, bits, env=None, **extra):
+    args = ["--worker", name, "--bits", str(bits), "--nq", str(cfg["nq"]),
+            "--ndb", str(cfg["ndb"]), "--seed", str(cfg["seed"])]
+    for key, value in extra.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    print(f"  {name} {bits} bits {extra}", file=sys.stderr, flush=True)
+    return common.run_worker(SCRIPT, args, env_extra=env)
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def section_ours(cfg):
+    out = {}
+    for bits in cfg["bits"]:
+        out[str(bits)] = dict(
+            tie=_run("ours", cfg, bits, ONE_THREAD, variant="tie", backend="native"),
+            map=_run("ours", cfg, bits, ONE_THREAD, variant="map", backend="native"),
+            full=_run("ours", cfg, bits, ONE_THREAD, variant="full", backend="native"),
+            numpy_map=_run("ours", cfg, bits, ONE_THREAD, variant="map", backend="numpy",
+                           timed=cfg["numpy_queries"]))
+        if bits == GOAL_BITS and _cores() > 1:
+            out[str(bits)]["map_threads"] = _run("ours", cfg, bits, ONE_THREAD, variant="map",
+                                                 backend="native", threads=_cores())
+    return dict(status="done", by_bits=out)
+
+
+def section_faiss(cfg):
+    out = {}
+    cores = _cores()
+    for bits in cfg["bits"]:
+        runs = {}
+        for k in (cfg["ndb"], 1000):
+            runs[f"k{k}_1thread"] = _run("faiss", cfg, bits, k=k, threads=1,
+                                         timed=cfg["faiss_queries"])
+            if bits == GOAL_BITS and cores > 1:
+                runs[f"k{k}_{cores}threads"] = _run("faiss", cfg, bits, k=k, threads=cores,
+                                                    timed=cfg["faiss_queries"])
+        out[str(bits)] = runs
+    return dict(status="done", by_bits=out)
+
+
+def section_reference(cfg):
+    out = {str(bits): _run("reference", cfg, bits, ONE_THREAD, timed=cfg["reference_queries"])
+           for bits in cfg["bits"]}
+    return dict(status="done", by_bits=out)
+
+
+def section_popcount(cfg):
+    rate = common.run_worker(SCRIPT, ["--worker", "popcount", "--bits", "64", "--nq", "200",
+                                      "--ndb", str(cfg["ndb"]), "--seed", str(cfg["seed"])],
+                             env_extra=ONE_THREAD)
+    bound = {str(bits): cfg["nq"] * cfg["ndb"] * -(-bits // 64) / rate["ops_per_s"]
+             for bits in cfg["bits"]}
+    return dict(status="done", rate=rate, lower_bound_s=bound)
+
+
+def _pending(needs, plan):
+    return lambda cfg: dict(status="pending", needs=needs, plan=plan)
+
+
+SECTIONS = {
+    "ours": section_ours,
+    "faiss": section_faiss,
+    "reference": section_reference,
+    "popcount": section_popcount,
+    # hooks for later parts: replace the lambda with a measuring function
+    "caffe_loss_share": _pending(
+        "the Caffe build (tools/build_caffe.sh)",
+        "`caffe time` of a CPU training net: the TripletLoss / TripletQuantizationLoss "
+        "layers' forward+backward share of one iteration"),
+    "caffe_data_share": _pending(
+        "the Caffe build (tools/build_caffe.sh)",
+        "`caffe time` of the same net: the TripletData (or Data) layer's share of one "
+        "iteration"),
+    "dqn_adc": _pending(
+        "DQN's ADC search (not written yet)",
+        "asymmetric distance computation search time and mAP on the same queries, against "
+        "the Hamming scan above"),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# goals and report
+# ---------------------------------------------------------------------------------------
+
+
+def goals(sections, cfg):
+    """The issue's goals at GOAL_BITS, each for exact tie-aware mAP alone (what the goal
+    names; with mAP@R) and for tie-aware + index-order mAP together (evaluate_codes)."""
+    b = str(GOAL_BITS)
+    out = []
+    ours_all = sections.get("ours", {}).get("by_bits", {}).get(b, {})
+    faiss = sections.get("faiss", {}).get("by_bits", {}).get(b, {})
+    ref = sections.get("reference", {}).get("by_bits", {}).get(b)
+    size = f"{cfg['nq']:,} x {cfg['ndb']:,} at {GOAL_BITS} bits"
+    full = faiss.get(f"k{cfg['ndb']}_1thread")
+    variants = [("tie", "exact tie-aware mAP (+ mAP@R)"),
+                ("map", "tie-aware + index-order mAP (+ mAP@R), evaluate_codes")]
+    for key, what in variants:
+        ours = ours_all.get(key)
+        if not ours:
+            continue
+        if full:
+            out.append(dict(
+                goal=f"{what} for {size} in no more time than faiss's k = {cfg['ndb']:,} search",
+                met=ours["cpu_s"] <= full["cpu_s"],
+                detail=f"{ours['cpu_s']:.3g} s vs {full['cpu_s']:.3g} s CPU, one thread each: "
+                       f"faiss takes {full['cpu_s'] / ours['cpu_s']:.0f}x longer"))
+        if ref:
+            ratio = ref["cpu_s"] / ours["cpu_s"]
+            out.append(dict(
+                goal=f"{what}: at least 50x faster than the argsort reference", met=ratio >= 50,
+                detail=f"{ratio:.0f}x ({ref['cpu_s']:.3g} s CPU extrapolated from "
+                       f"{ref['timed_queries']} queries vs {ours['cpu_s']:.3g} s CPU)"))
+        out.append(dict(goal=f"{what}: peak memory under 1 GiB",
+                        met=ours["rss_peak_mib"] < 1024,
+                        detail=f"peak RSS of the whole process {ours['rss_peak_mib']:.0f} MiB "
+                               f"({ours['rss_before_mib']:.0f} MiB before the evaluation: "
+                               f"interpreter, libraries, codes)"))
+    return out
+
+
+def _fmt(x, digits=2):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _sec(x):
+    """Seconds with 3 significant digits (at least one decimal)."""
+    if x is None:
+        return "–"
+    return f"{x:.1f}" if x >= 100 else f"{x:.3g}"
+
+
+def render(result):
+    cfg, sections, m = result["config"], result["sections"], result["machine"]
+    lines = [f"## Evaluation: {cfg['nq']:,} queries x {cfg['ndb']:,} database codes, "
+             f"{cfg['classes']} classes" + (" (--small)" if cfg["small"] else ""),
+             "", f"Machine: {common.machine_line(m)}.", "",
+             f"Command: `{result['command']}`", "",
+             "CPU seconds of one process (ratios use them; wall seconds beside them), peak "
+             "RSS of that process. Lower bound: popcount at the measured numpy rate.", ""]
+    ours_s = sections.get("ours", {}).get("by_bits", {})
+    faiss_s = sections.get("faiss", {}).get("by_bits", {})
+    ref_s = sections.get("reference", {}).get("by_bits", {})
+    pop = sections.get("popcount", {})
+    for bits in cfg["bits"]:
+        b = str(bits)
+        base = ours_s.get(b, {}).get("map")
+        rows = []
+
+        def row(name, r, note=""):
+            if not r:
+                return
+            ratio = r["cpu_s"] / base["cpu_s"] if base else None
+            rows.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
+                        f"{_fmt(ratio, 1)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
+
+        o = ours_s.get(b, {})
+        if o:
+            mt = o["map"]["metrics"]
+            if o.get("tie"):
+                row("ours: exact tie-aware mAP + mAP@R (C histograms + closed forms)", o["tie"],
+                    f"mAP {o['tie']['metrics']['map_tie_aware']:.4f}")
+            row("ours: tie-aware + index-order mAP, mAP@R (evaluate_codes)", o["map"],
+                f"mAP {mt['map_tie_aware']:.4f} tie-aware, {mt['map_index_order']:.4f} index order")
+            if o.get("map_threads"):
+                row(f"ours: same, {o['map_threads']['threads']} threads", o["map_threads"],
+                    "CPU s summed over threads")
+            row("ours: full evaluate_codes (+ P/R/hit@1..100, P@r<=2)", o.get("full"))
+            np_ = o.get("numpy_map")
+            row("ours, pure-numpy fallback (no C compiler)", np_,
+                f"extrapolated from {np_['timed_queries']:,} queries"
+                if np_ and np_["extrapolated"] else "")
+        for key, r in sorted(faiss_s.get(b, {}).items(),
+                             key=lambda kv: (-kv[1]["k"], kv[1]["threads"])):
+            note = "search only; " + ("ids = our ranking" if r["ids_equal_exact_ranking"]
+                                      else "ids DIFFER from our ranking")
+            if "map_from_faiss" in r:
+                note += (f"; + {_sec(r['postprocess_cpu_s'])} s CPU to get mAP "
+                         f"({r['map_from_faiss']:.6f} = ours {r['map_index_order_ours']:.6f} on "
+                         f"{min(r['batch'], 200)} queries)")
+            if r["extrapolated"]:
+                note += f"; extrapolated from {r['timed_queries']:,} queries"
+            row(f"faiss IndexBinaryFlat k={r['k']:,}, {r['threads']} thread"
+                f"{'s' if r['threads'] > 1 else ''}", r, note)
+        r = ref_s.get(b)
+        if r:
+            row("argsort reference (DeepHash-pytorch CalcTopMap)", r,
+                f"extrapolated from {r['timed_queries']:,} queries; its mAP "
+                f"{r['map']:.4f} (ties in quicksort order)")
+        if pop.get("status") == "done":
+            t = pop["lower_bound_s"][b]
+            rows.append(f"| popcount lower bound ({-(-bits // 64)} word x {cfg['nq']:,} x "
+                        f"{cfg['ndb']:,} at {pop['rate']['ops_per_s'] / 1e9:.2f} G/s) | "
+                        f"{_sec(t)} | – | {_fmt(t / base['cpu_s'] if base else None, 2)} | – | "
+                        f"XOR + popcount only |")
+        lines += [f"### {bits} bits", "",
+                  "| method | CPU s | wall s | x ours | peak RSS MiB | note |",
+                  "|---|---:|---:|---:|---:|---|", *rows, ""]
+    if result["goals"]:
+        lines += ["### Goals", ""]
+        for g in result["goals"]:
+            mark = {True: "met", False: "NOT met", None: "n/a"}[g["met"]]
+            lines.append(f"- **{mark}**: {g['goal']}: {g['detail']}")
+        lines.append("")
+    pending = [(k, v) for k, v in sections.items() if v.get("status") == "pending"]
+    if pending:
+        lines += ["### Pending sections", ""]
+        for k, v in pending:
+            lines.append(f"- `{k}`: {v['plan']} (needs {v['needs']})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true", help="1k x 5k codes, a quick run")
+    ap.add_argument("--bits", type=int, nargs="+")
+    ap.add_argument("--nq", type=int)
+    ap.add_argument("--ndb", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference-queries", type=int, help="queries timed for the reference")
+    ap.add_argument("--numpy-queries", type=int, help="queries timed for the numpy fallback")
+    ap.add_argument("--faiss-queries", type=int, help="queries timed for faiss (default all)")
+    ap.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    ap.add_argument("--no-write", action="store_true", help="print, do not write results")
+    # worker mode (internal)
+    ap.add_argument("--worker", choices=list(WORKERS))
+    ap.add_argument("--variant", default="map")
+    ap.add_argument("--backend", default="native")
+    ap.add_argument("--timed", type=int)
+    ap.add_argument("--k", type=int)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.worker:
+        a.bits = a.bits[0]
+        print(json.dumps(WORKERS[a.worker](a)))
+        return 0
+    cfg = dict(SMALL if a.small else FULL)
+    for key in ("nq", "ndb", "bits", "reference_queries", "numpy_queries"):
+        if getattr(a, key) is not None:
+            cfg[key] = getattr(a, key)
+    cfg.update(seed=a.seed, classes=10, flip=0.3, small=a.small, faiss_queries=a.faiss_queries)
+    from tools import _native
+    machine = common.machine()
+    machine["native"] = _native.status()
+    command = "python bench/bench_eval.py" + (" " + " ".join(argv if argv is not None
+                                                             else sys.argv[1:])).rstrip()
+    sections = {}
+    for name in a.sections:
+        print(f"section {name}", file=sys.stderr, flush=True)
+        try:
+            sections[name] = SECTIONS[name](cfg)
+        except Exception as e:  # keep the other sections
+            sections[name] = dict(status="failed", error=f"{type(e).__name__}: {e}")
+            print(f"section {name} failed: {e}", file=sys.stderr)
+    try:
+        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    result = dict(bench=BENCH, schema=common.SCHEMA, machine=machine, command=command,
+                  config=cfg, sections=sections)
+    result["goals"] = goals(sections, cfg)
+    markdown = render(result)
+    if a.no_write:
+        print(markdown)
+        return 0
+    print(f"wrote {common.write_result(BENCH, result)} and {common.update_readme(BENCH, markdown)}")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

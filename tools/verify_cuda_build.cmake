@@ -1,0 +1,20 @@
+# cmake -DLIBRARY=.../libcaffe.so -P tools/verify_cuda_build.cmake
+# Fails unless the library is a CUDA build holding this project's kernels: it must need the
+# CUDA runtime, cuBLAS and cuRAND, and contain the triplet losses' device code.
+execute_process(COMMAND readelf -d "${LIBRARY}" OUTPUT_VARIABLE _dynamic RESULT_VARIABLE _rc)
+if(NOT _rc EQUAL 0)
+  message(FATAL_ERROR "cannot read ${LIBRARY}")
+endif()
+foreach(_lib cudart cublas curand)
+  if(NOT _dynamic MATCHES "lib${_lib}")
+    message(FATAL_ERROR "${LIBRARY} does not link lib${_lib}: Caffe was built without CUDA "
+                        "(see 'CUDA is not detected' in the configure output)")
+  endif()
+endforeach()
+execute_process(COMMAND nm -C "${LIBRARY}" OUTPUT_VARIABLE _symbols)
+foreach(_kernel TQNForward TQNBackward TripletLossForward TripletLossBackward)
+  if(NOT _symbols MATCHES "${_kernel}")
+    message(FATAL_ERROR "${LIBRARY} holds no ${_kernel} kernel: the layers' .cu files were not compiled")
+  endif()
+endforeach()
+message(STATUS "CUDA build verified: ${LIBRARY} links cudart, cuBLAS, cuRAND and holds the triplet loss kernels")
