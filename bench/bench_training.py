@@ -45,6 +45,11 @@ def caffe_time(model, iterations, env):
     return layers, float(total.group(1))
 
 
+NOOP = ('layer {{ name: "loss" type: "Python" bottom: "hash_a_fill" bottom: "hash_p_fill" '
+        'bottom: "hash_n_fill" top: "loss" python_param {{ module: "bench.noop_layer" '
+        'layer: "NoopTripletLossLayer" }} loss_weight: 1 }}')
+
+
 def loss_only_net(kind, implementation, bs=32, bits=48):
     inputs = "\n".join(
         f'layer {{ name: "{b}" type: "Input" top: "{b}" input_param {{ shape {{ dim: {bs} dim: {bits} }} }} }}'
@@ -56,6 +61,8 @@ def loss_only_net(kind, implementation, bs=32, bits=48):
         f'layer {{ name: "fill_{b}" type: "DummyData" top: "{b}_fill" dummy_data_param {{ '
         f'shape {{ dim: {bs} dim: {bits} }} data_filler {{ type: "uniform" min: 0 max: 1 }} }} }}'
         for b in ("hash_a", "hash_p", "hash_n"))
+    if kind == "noop":
+        return f"force_backward: true\n{filler}\n{NOOP.format()}\n"
     body = G.loss_layer(kind, "loss", 1.0, params[kind], implementation)
     for b in ("hash_a", "hash_p", "hash_n"):
         body = body.replace(f'bottom: "{b}"', f'bottom: "{b}_fill"')
@@ -91,6 +98,11 @@ def main(argv=None):
                     f.write(loss_only_net(kind, impl, bits=args.bits))
                 layers, _ = caffe_time(path, max(200, args.iterations), env)
                 alone[(kind, impl)] = layers[("loss", "forward")] + layers[("loss", "backward")]
+        path = os.path.join(tmp, "noop.prototxt")
+        with open(path, "w") as f:
+            f.write(loss_only_net("noop", "python", bits=args.bits))
+        layers, _ = caffe_time(path, max(200, args.iterations), env)
+        alone[("noop", "python")] = layers[("loss", "forward")] + layers[("loss", "backward")]
         result["sections"]["loss_layers"] = dict(
             status="done", ms={f"{k}/{i}": v for (k, i), v in alone.items()})
         # 2. The step-2 training net, C++ and Python loss layers.
@@ -130,7 +142,8 @@ def main(argv=None):
         dict(goal="Python TQN layer within 3x of the C++ one",
              met=alone[("TripletQuantizationLoss", "python")] <= 3 * alone[("TripletQuantizationLoss", "cpp")],
              detail=f"alone: {alone[('TripletQuantizationLoss', 'python')]:.3f} ms vs "
-                    f"{alone[('TripletQuantizationLoss', 'cpp')]:.3f} ms; in the net: "
+                    f"{alone[('TripletQuantizationLoss', 'cpp')]:.3f} ms (a Python layer that computes "
+                    f"nothing: {alone[('noop', 'python')]:.3f} ms); in the net: "
                     f"{py['tqn_loss_ms']:.3f} ms vs {cpp['tqn_loss_ms']:.3f} ms"),
         dict(goal="data layer <= 5% of an iteration",
              met=max(d["forward_share"], d["batch_load_share"]) <= 0.05,
@@ -140,6 +153,8 @@ def main(argv=None):
     for kind in ("TripletLoss", "TripletQuantizationLoss"):
         c, p = alone[(kind, "cpp")], alone[(kind, "python")]
         md.append(f"| {kind} | {c:.3f} | {p:.3f} | {p / c:.1f} |")
+    md.append(f"| floor: a Python loss layer that computes nothing (bench/noop_layer.py) | – | "
+              f"{alone[('noop', 'python')]:.3f} | – |")
     md += ["", "| step-2 net, `caffe time` | C++ loss | Python loss |", "|---|---:|---:|",
            f"| forward+backward of an iteration, ms | {cpp['iteration_ms']:.1f} | {py['iteration_ms']:.1f} |",
            f"| TQN loss layer, ms | {cpp['tqn_loss_ms']:.3f} | {py['tqn_loss_ms']:.3f} |",

@@ -112,20 +112,19 @@ class TripletQuantizationLossLayer(caffe.Layer):
         _reshape_triplet("TripletQuantizationLoss", bottom, top)
 
     def forward(self, bottom, top):
-        self._inputs = [_rows(b).copy() for b in _blobs(bottom)]
-        loss, loss_s, loss_d, _ = self._evaluate((1.0, 0.0, 0.0))
-        for t, value in zip(_blobs(top), (loss, loss_s, loss_d)):
+        q = self.param
+        loss_s, loss_d, self._grad_s, self._grad_d_n = losses.tqn_terms(
+            *(_rows(b) for b in _blobs(bottom)), alpha_d=q.alpha_d, threshold=q.threshold,
+            alpha_s=q.alpha_s, delta=q.delta)
+        values = (q.beta * loss_s + q.gamma * loss_d, loss_s, loss_d)
+        for t, value in zip(_blobs(top), values):
             t.data[...] = value
 
     def backward(self, top, propagate_down, bottom):
-        weights = tuple(float(top[k].diff) if k < len(top) else 0.0 for k in range(3))
-        grads = self._evaluate(weights)[3]
+        q = self.param
+        w = [float(top[k].diff) if k < len(top) else 0.0 for k in range(3)]
+        grads = losses.combine_tqn_gradients(self._grad_s, self._grad_d_n,
+                                             q.beta * w[0] + w[1], q.gamma * w[0] + w[2])
         for k in range(3):
             if propagate_down[k]:
                 bottom[k].diff[...] = grads[k].reshape(bottom[k].diff.shape)
-
-    def _evaluate(self, loss_weights):
-        q = self.param
-        return losses.triplet_quantization_loss(
-            *self._inputs, alpha_d=q.alpha_d, threshold=q.threshold, alpha_s=q.alpha_s,
-            delta=q.delta, beta=q.beta, gamma=q.gamma, loss_weights=loss_weights)

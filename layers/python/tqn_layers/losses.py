@@ -38,6 +38,30 @@ def triplet_loss(a, p, n, margin=1.6, loss_weight=1.0):
     return loss, (s * (n - p), s * (p - a), s * (a - n))
 
 
+def tqn_terms(a, p, n, alpha_d, threshold=0.5, alpha_s=0.16, delta=0.64):
+    """L_s, L_d and their gradients per unit weight, (dL_s/da, dL_s/dp) and dL_d/dn
+    (dL_d/da = -dL_d/dn, and L_s does not depend on n): the pieces Eqs. 2-3 need."""
+    a, p, n = _check_triplets(a, p, n, "TripletQuantizationLoss")
+    bs = a.shape[0]
+    t = threshold
+    hinge_s = alpha_s - (a - t) * (p - t)                    # (bs, N): one hinge per bit
+    diff = a - n
+    sq = diff * diff
+    hinge_d = alpha_d - np.minimum(sq, delta).sum(1)          # (bs,): one hinge per triplet
+    loss_s = np.maximum(hinge_s, 0).sum() / bs
+    loss_d = np.maximum(hinge_d, 0).sum() / (2 * bs)
+    active_s = (hinge_s > 0) / bs
+    grad_s = (active_s * (t - p), active_s * (t - a))
+    grad_d_n = (((hinge_d > 0)[:, None] & (sq < delta)) / bs) * diff
+    return loss_s, loss_d, grad_s, grad_d_n
+
+
+def combine_tqn_gradients(grad_s, grad_d_n, scale_s, scale_d):
+    """(dE/da, dE/dp, dE/dn) for E = scale_s L_s + scale_d L_d."""
+    gd = scale_d * grad_d_n
+    return scale_s * grad_s[0] - gd, scale_s * grad_s[1], gd
+
+
 def triplet_quantization_loss(a, p, n, alpha_d, threshold=0.5, alpha_s=0.16, delta=0.64,
                               beta=8.0, gamma=1.0, loss_weights=(1.0, 0.0, 0.0)):
     """Eqs. 2-4.
@@ -49,20 +73,9 @@ def triplet_quantization_loss(a, p, n, alpha_d, threshold=0.5, alpha_s=0.16, del
     Returns (L, L_s, L_d, (dE/da, dE/dp, dE/dn)) where E = w0 L + w1 L_s + w2 L_d for
     `loss_weights` (w0, w1, w2), Caffe's diffs of the layer's three tops. L_s's hinge is
     per (triplet, bit); L_d's gradient on the anchor is -(a - n), on the negative +(a - n)."""
-    a, p, n = _check_triplets(a, p, n, "TripletQuantizationLoss")
-    bs = a.shape[0]
-    t = threshold
-    hinge_s = alpha_s - (a - t) * (p - t)                    # (bs, N): one hinge per bit
-    sq = (a - n) ** 2
-    hinge_d = alpha_d - np.minimum(sq, delta).sum(1)          # (bs,): one hinge per triplet
-    loss_s = np.maximum(hinge_s, 0).sum() / bs
-    loss_d = np.maximum(hinge_d, 0).sum() / (2 * bs)
+    loss_s, loss_d, grad_s, grad_d_n = tqn_terms(a, p, n, alpha_d, threshold, alpha_s, delta)
     w0, w1, w2 = loss_weights
-    scale_s = (beta * w0 + w1) / bs
-    scale_d = (gamma * w0 + w2) / bs
-    gs = scale_s * (hinge_s > 0)
-    gd = scale_d * ((hinge_d > 0)[:, None] & (sq < delta)) * (a - n)
-    grads = (gs * (t - p) - gd, gs * (t - a), gd)
+    grads = combine_tqn_gradients(grad_s, grad_d_n, beta * w0 + w1, gamma * w0 + w2)
     return beta * loss_s + gamma * loss_d, loss_s, loss_d, grads
 
 
