@@ -442,22 +442,8 @@ def run_baseline(name, nbits, train_feats, train_labels, query_feats, database_f
 def load_blob_sets(folder):
     """(meta, {set: {"features", "labels"}}) of an extraction folder (`tools.extract`):
     query and database, plus train when ``<folder>/train`` exists."""
-    meta_path = os.path.join(folder, "meta.json")
-    if not os.path.exists(meta_path):
-        raise ValueError(f"{folder} holds no extraction (no meta.json)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    sets = {}
-    for s in ("query", "database", "train"):
-        d = os.path.join(folder, s)
-        if s == "train" and not os.path.isdir(d):
-            continue
-        sets[s] = {k: np.load(os.path.join(d, f"{k}.npy"), allow_pickle=False)
-                   for k in ("features", "labels")}
-        if len(sets[s]["features"]) != len(sets[s]["labels"]):
-            raise ValueError(f"{d}: {len(sets[s]['features'])} features but "
-                             f"{len(sets[s]['labels'])} labels")
-    return meta, sets
+    from tools.extract import load_blobs
+    return load_blobs(folder, arrays=("features", "labels"), optional_sets=("train",))
 
 
 def run_baseline_on_blobs(folder, name, nbits, seed=0, train=None, evaluate=True, **kw):

@@ -19,7 +19,6 @@ A set whose LMDB is the other's (lmdb/database -> query) is extracted once. The 
 complete or not at all (written under a temporary name, then renamed).
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,20 +29,13 @@ import numpy as np
 
 from prototxt import generate as G
 from tools import codes as C
+from tools.caffe_source import sha256_file as sha256
 
 THRESHOLD = 0.5  # PAPER: "b = 1 if the feature f exceeds 0.5"
 
 
-class ExtractError(RuntimeError):
+class ExtractError(ValueError):
     pass
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract_set(dataset, scale, bits, lmdb_path, count, weights, mean_file, batch, workdir):
@@ -115,21 +107,26 @@ def extract(data, dataset, scale, bits, weights, out, batch=100):
             shutil.rmtree(tmp)
 
 
-def load_blobs(folder):
-    """(meta, {set: dict(features, codes, labels)}) of an extraction folder."""
+def load_blobs(folder, arrays=("features", "codes", "labels"), optional_sets=()):
+    """(meta, {set: {array: ndarray}}) of an extraction folder: the query and database sets,
+    and each of `optional_sets` (e.g. "train") that the folder holds."""
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.exists(meta_path):
         raise ExtractError(f"{folder} holds no extraction (no meta.json); run python -m tools.extract")
     with open(meta_path) as f:
         meta = json.load(f)
     sets = {}
-    for s in ("query", "database"):
+    for s in ("query", "database") + tuple(optional_sets):
         d = os.path.join(folder, s)
-        sets[s] = {k: np.load(os.path.join(d, f"{k}.npy"), allow_pickle=False)
-                   for k in ("features", "codes", "labels")}
+        if s in optional_sets and not os.path.isdir(d):
+            continue
+        sets[s] = {k: np.load(os.path.join(d, f"{k}.npy"), allow_pickle=False) for k in arrays}
         n = len(sets[s]["labels"])
-        if sets[s]["features"].shape != (n, meta["bits"]) or len(sets[s]["codes"]) != n:
-            raise ExtractError(f"{d}: features, codes and labels disagree in shape; extract again")
+        if any(len(v) != n for v in sets[s].values()) or (
+                "features" in sets[s] and sets[s]["features"].shape[1:] != (meta["bits"],)
+                and "codes" in sets[s]):
+            raise ExtractError(f"{d}: {', '.join(f'{k} {v.shape}' for k, v in sets[s].items())} "
+                               f"disagree in shape; extract again")
     return meta, sets
 
 

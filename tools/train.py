@@ -23,6 +23,7 @@ import time
 
 from prototxt import description as D
 from prototxt import generate as G
+from tools.caffe_source import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,9 +163,7 @@ def train(args):
             raise TrainError(f"{run} holds a run with other parameters ({', '.join(changed)}); "
                              f"use another --out, or --force to train over it")
     record = dict(plan=p, commit=git_commit(), command=sys.argv, manifest_sha256=None, steps={})
-    with open(os.path.join(p["data"], "dataset.json"), "rb") as f:
-        import hashlib
-        record["manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    record["manifest_sha256"] = sha256_file(os.path.join(p["data"], "dataset.json"))
     if os.path.exists(params_path):
         with open(params_path) as f:
             record["steps"] = json.load(f).get("steps", {})
