@@ -321,15 +321,8 @@ SECTIONS = {
     "faiss": section_faiss,
     "reference": section_reference,
     "popcount": section_popcount,
-    # hooks for later parts: replace the lambda with a measuring function
-    "caffe_loss_share": _pending(
-        "the Caffe build (tools/build_caffe.sh)",
-        "`caffe time` of a CPU training net: the TripletLoss / TripletQuantizationLoss "
-        "layers' forward+backward share of one iteration"),
-    "caffe_data_share": _pending(
-        "the Caffe build (tools/build_caffe.sh)",
-        "`caffe time` of the same net: the TripletData (or Data) layer's share of one "
-        "iteration"),
+    # The loss and data layers' shares of a training iteration are measured by
+    # bench/bench_training.py (`caffe time`). A hook for a later part:
     "dqn_adc": _pending(
         "DQN's ADC search (not written yet)",
         "asymmetric distance computation search time and mAP on the same queries, against "
