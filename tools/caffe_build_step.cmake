@@ -1,8 +1,8 @@
 # The build step of the top-level CMakeLists.txt (run under the build folder's lock):
 #   cmake -DSETTINGS=<superbuild>/caffe-build-settings.cmake -P tools/caffe_build_step.cmake
 # One Caffe build folder serves every checkout with the same key. It is (re)configured when it
-# has never been, or when it was last configured for another checkout's layers folder; then
-# ninja builds the targets (after a checkout switch: only the layer files and the links).
+# has never been, or when it was last configured for another checkout's layers folder (every
+# compile line then changes, so ninja rebuilds everything); then ninja builds the targets.
 include("${SETTINGS}")  # CAFFE_SOURCE_DIR, CAFFE_BUILD_DIR, CAFFE_ARGS, LAYERS_DIR, BUILD_TARGETS
 set(_configured_for "")
 if(EXISTS "${CAFFE_BUILD_DIR}/CMakeCache.txt" AND EXISTS "${CAFFE_BUILD_DIR}/build.ninja")
