@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 
+from test_metrics import bf_per_query  # the brute-force reference, in one place
 from tools import _native
 from tools import retrieval as RT
 from tools.codes import hamming, pack_bits, to_words, unpack_bits
@@ -31,17 +32,6 @@ KS = (1, 3, 10)
 # ---------------------------------------------------------------------------------------
 # brute force
 # ---------------------------------------------------------------------------------------
-
-
-def bf_queries(q_bits, q_labels, db_bits, db_labels, exclude_self=False):
-    """Per query: (distances, relevance) over the database (self removed if asked)."""
-    dist = (q_bits[:, None, :] != db_bits[None, :, :]).sum(axis=2)
-    out = []
-    for i in range(len(q_bits)):
-        keep = [j for j in range(len(db_bits)) if not (exclude_self and j == i)]
-        out.append(([int(dist[i, j]) for j in keep],
-                    [bool(q_labels[i] == db_labels[j]) for j in keep]))
-    return out
 
 
 def bf_histogram(dists, rels, nbits):
@@ -109,7 +99,7 @@ def backend(request):
 def check_scan_against_brute_force(q_bits, q_labels, db_bits, db_labels, nbits, exclude_self,
                                    chunk, ks=KS):
     """Every chunk of `_scan_chunks` (the evaluation's hot path) equals brute force."""
-    per_query = bf_queries(q_bits, q_labels, db_bits, db_labels, exclude_self)
+    per_query = bf_per_query(q_bits, q_labels, db_bits, db_labels, exclude_self)
     seen = []
     for rows, rel, tot, (ap_sum, mapr_sum, hits_k) in _scan_chunks(
             to_words(q_bits, nbits), q_labels, to_words(db_bits, nbits), db_labels, nbits,
@@ -159,7 +149,7 @@ def test_scan_exclude_self_large_database_first_queries(backend):
     """exclude_self with a 2000-item database: the first 12 queries, in chunks of 5."""
     nbits = 9
     _, _, bits, labels = tied_problem(nbits, 1, 2000, seed=8)
-    per_query = bf_queries(bits[:12], labels, bits, labels, exclude_self=True)
+    per_query = bf_per_query(bits[:12], labels, bits, labels, exclude_self=True)
     q_words = to_words(bits, nbits)
     for rows, rel, tot, (ap_sum, _, hits_k) in _scan_chunks(
             q_words, labels, q_words, labels, nbits, True, 5, (1, 10)):
@@ -185,7 +175,7 @@ def test_exclude_self_with_other_query_labels(chunk, backend):
                                    ks=(1, 7, 119))
     rel, tot = hamming_histograms(to_words(bits, nbits), q_labels, to_words(bits, nbits),
                                   labels, nbits, exclude_self=True, chunk=chunk)
-    for i, (d, r) in enumerate(bf_queries(bits, q_labels, bits, labels, exclude_self=True)):
+    for i, (d, r) in enumerate(bf_per_query(bits, q_labels, bits, labels, exclude_self=True)):
         assert [rel[i].tolist(), tot[i].tolist()] == list(bf_histogram(d, r, nbits))
 
 
@@ -194,7 +184,7 @@ def test_evaluate_codes_means_match_brute_force(nbits, backend):
     """The wrapper's means: index order from brute force, tie-aware from the closed forms
     (tested against enumeration in test_metrics.py) on brute-force histograms."""
     q_bits, q_labels, db_bits, db_labels = tied_problem(nbits, 11, 60, seed=100 + nbits)
-    per_query = bf_queries(q_bits, q_labels, db_bits, db_labels)
+    per_query = bf_per_query(q_bits, q_labels, db_bits, db_labels)
     rel = np.array([bf_histogram(d, r, nbits)[0] for d, r in per_query])
     tot = np.array([bf_histogram(d, r, nbits)[1] for d, r in per_query])
     refs = [bf_index_order(d, r, KS) for d, r in per_query]
