@@ -32,11 +32,22 @@ Sections (``--sections``):
   popcount    the lower bound nq * ndb * ceil(nbits / 64) XOR + popcount operations at
               the single-core rate measured with a tight numpy loop (np.bitwise_xor and
               np.bitwise_count into preallocated buffers).
-  caffe_loss_share, caffe_data_share, dqn_adc
-              hooks for later parts (pending): the loss layers' and the data layer's share
-              of a CPU training iteration (`caffe time`, needs the Caffe build) and DQN's
-              ADC search. A section function returning {"status": "done", ...} plus a
-              README renderer is all a new part needs.
+  dqn_adc     DQN's retrieval by asymmetric quantizer distance (tools/pq.py) on product-
+              quantized data: nq queries x ndb database vectors, D = 300, M = 6 codebooks of
+              K = 256 centroids (48 bits), 10 Gaussian clusters = classes; codebooks trained
+              by faiss's ProductQuantizer (IndexPQ.train) on the database, then loaded as
+              OUR codebooks, and the database encoded by tools.pq.encode (its codes are
+              checked equal to faiss's). Timed, one thread each: exact tie-aware +
+              index-order mAP (evaluate_adc, ks=() and the default ks), top-k search with
+              k = 1000 (tools.pq.search), the numpy fallback (subset, extrapolated); the naive
+              brute force (decode the database, dense float32 scores with BLAS, np.argsort
+              of every row, then AP / the first k; subset, extrapolated); and faiss IndexPQ
+              search with k = 1000 holding the same codebooks and codes (its ids and scores
+              checked against ours on the first 200 queries).
+
+A subset of sections (``--sections``) is merged into the existing eval.json when its
+configuration (nq, ndb, seed, --small) matches: the other sections keep their results and
+their machine line, and the sections run now record their own machine and command.
 """
 import argparse
 import contextlib
@@ -244,8 +255,130 @@ def worker_popcount(a):
     return dict(ops_per_s=len(q) * a.ndb / best, timed_pairs=len(q) * a.ndb, cpu_s=best)
 
 
+def make_pq_data(cfg, path):
+    """Clustered float vectors, faiss-trained codebooks and our codes, saved to path (.npz)."""
+    from tools import pq
+    p = cfg["pq"]
+    rng = np.random.default_rng([cfg["seed"], 48, 300])
+    centers = rng.standard_normal((p["classes"], p["dim"])) * p["spread"]
+
+    def draw(n):
+        labels = rng.integers(0, p["classes"], n)
+        return (centers[labels] + rng.standard_normal((n, p["dim"]))).astype(np.float32), labels
+
+    q, ql = draw(cfg["nq"])
+    db, dbl = draw(cfg["ndb"])
+    info = {}
+    try:
+        import faiss
+        faiss.omp_set_num_threads(1)
+        index = faiss.IndexPQ(p["dim"], p["m"], int(np.log2(p["k"])), faiss.METRIC_INNER_PRODUCT)
+        _, wall, cpu = timed(lambda: index.train(db))
+        codebooks = faiss.vector_to_array(index.pq.centroids).reshape(
+            p["m"], p["k"], p["dim"] // p["m"])
+        codes = pq.encode(db, codebooks)
+        info.update(trainer="faiss IndexPQ.train (k-means per subspace)", train_cpu_s=cpu,
+                    codes_equal_faiss=float(np.mean(index.pq.compute_codes(db) == codes)))
+    except ImportError:  # scipy's k-means per subspace
+        from scipy.cluster.vq import kmeans2
+        d = p["dim"] // p["m"]
+        codebooks = np.stack([kmeans2(db[:, m * d:(m + 1) * d].astype(np.float64), p["k"],
+                                      seed=cfg["seed"], minit="++")[0]
+                              for m in range(p["m"])]).astype(np.float32)
+        codes = pq.encode(db, codebooks)
+        info.update(trainer="scipy kmeans2 per subspace")
+    info["distinct_codes"] = int(len(np.unique(codes, axis=0)))
+    np.savez(path, q=q, ql=ql, db=db, dbl=dbl, codebooks=codebooks, codes=codes)
+    return info
+
+
+def worker_adc(a):
+    """One timing of the dqn_adc section (a.variant), on the data saved by make_pq_data (run
+    by the variant "data" in a worker of its own: Linux keeps a process's peak RSS across
+    fork + exec, so the parent must stay small for the workers' peaks to be their own)."""
+    from tools import _native
+    from tools import metrics as M
+    from tools import pq
+    if a.variant == "data":
+        cfg = json.loads(a.config)
+        return make_pq_data(cfg, a.data)
+    data = np.load(a.data)
+    q, ql, dbl, cb, codes = (data[k] for k in ("q", "ql", "dbl", "codebooks", "codes"))
+    n = min(a.timed or a.nq, a.nq)
+    k = a.k or 1000
+    out = {}
+    if a.variant in ("eval", "eval_full", "numpy_eval"):
+        ks = M.DEFAULT_KS if a.variant == "eval_full" else ()
+        ctx = _native.disabled() if a.variant == "numpy_eval" else contextlib.nullcontext()
+        with ctx:
+            out["backend"] = _native.status()["backend"]
+            pq.evaluate_adc(q[:2], ql[:2], codes, dbl, cb, ks=ks)  # warm-up (C build)
+            rss_before = common.peak_rss_mib()
+            res, wall, cpu = timed(lambda: pq.evaluate_adc(q[:n], ql[:n], codes, dbl, cb, ks=ks))
+        out["metrics"] = {key: res[key] for key in ("map_tie_aware", "map_index_order",
+                                                     "map_at_r_tie_aware",
+                                                     "precision_at_100_tie_aware") if key in res}
+    elif a.variant == "search":
+        pq.search(q[:2], codes, cb, k)
+        rss_before = common.peak_rss_mib()
+        (_, ids), wall, cpu = timed(lambda: pq.search(q[:n], codes, cb, k))
+    elif a.variant in ("brute_map", "brute_topk"):
+        def brute():
+            x = pq.decode(codes, cb)  # decode the database, then dense scores + argsort
+            step = max(1, (1 << 22) // len(x))
+            total, found = 0.0, []
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                scores = q[s:e] @ x.T
+                order = np.argsort(-scores, axis=1)
+                if a.variant == "brute_topk":
+                    found.append(order[:, :k])
+                    continue
+                rel = dbl[order] == ql[s:e, None]
+                hits = np.cumsum(rel, axis=1)
+                prec = hits / np.arange(1, rel.shape[1] + 1)
+                r = rel.sum(axis=1)
+                total += float(np.sum(np.where(r > 0, (prec * rel).sum(axis=1) / np.maximum(r, 1),
+                                               0.0)))
+            return total / n if a.variant == "brute_map" else np.concatenate(found)
+
+        brute_out = None
+        rss_before = common.peak_rss_mib()
+        brute_out, wall, cpu = timed(brute)
+        if a.variant == "brute_map":
+            ours = pq.evaluate_adc(q[:n], ql[:n], codes, dbl, cb, ks=())
+            out.update(map=brute_out, map_tie_aware_ours=ours["map_tie_aware"],
+                       map_index_order_ours=ours["map_index_order"])
+        else:
+            _, ids = pq.search(q[:n], codes, cb, k)
+            out["ids_equal_ours"] = float(np.mean(brute_out == ids))
+    elif a.variant == "faiss_topk":
+        import faiss
+        faiss.omp_set_num_threads(a.threads)
+        index = faiss.IndexPQ(q.shape[1], cb.shape[0], int(np.log2(cb.shape[1])),
+                              faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(cb.ravel(), index.pq.centroids)
+        index.is_trained = True
+        index.add_sa_codes(codes)  # our codes, as they are
+        index.search(q[:2], k)
+        rss_before = common.peak_rss_mib()
+        _, wall, cpu = timed(lambda: index.search(q[:n], k))
+        m = min(200, n)
+        fd, fi = index.search(q[:m], k)
+        s, i = pq.search(q[:m], codes, cb, k)
+        out.update(ids_equal_ours=float(np.mean(fi == i)),
+                   score_max_abs_diff=float(np.max(np.abs(fd - s))),
+                   threads=a.threads)
+    else:
+        raise ValueError(a.variant)
+    scale = a.nq / n
+    out.update(cpu_s=cpu * scale, wall_s=wall * scale, timed_queries=n, extrapolated=n < a.nq,
+               rss_before_mib=rss_before, rss_peak_mib=common.peak_rss_mib(), k=k)
+    return out
+
+
 WORKERS = dict(ours=worker_ours, faiss=worker_faiss, reference=worker_reference,
-               popcount=worker_popcount)
+               popcount=worker_popcount, adc=worker_adc)
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,6 +445,37 @@ def section_popcount(cfg):
     return dict(status="done", rate=rate, lower_bound_s=bound)
 
 
+def section_dqn_adc(cfg):
+    import tempfile
+    p = cfg["pq"]
+    folder = tempfile.mkdtemp(prefix="bench_adc_")
+    path = os.path.join(folder, "data.npz")
+    try:
+        print("  dqn_adc: data, codebooks, codes", file=sys.stderr, flush=True)
+        info = common.run_worker(SCRIPT, ["--worker", "adc", "--variant", "data", "--data", path,
+                                          "--config", json.dumps(cfg), "--bits", "48"],
+                                 env_extra=ONE_THREAD)
+        runs = {}
+        plan = [("eval", {}), ("eval_full", {}), ("search", {}),
+                ("numpy_eval", dict(timed=cfg["numpy_queries"])),
+                ("brute_map", dict(timed=p["brute_queries"])),
+                ("brute_topk", dict(timed=p["brute_queries"]))]
+        for variant, extra in plan:
+            runs[variant] = _run("adc", cfg, 48, ONE_THREAD, variant=variant, data=path,
+                                 **extra)
+        try:
+            import faiss  # noqa: F401
+            runs["faiss_topk"] = _run("adc", cfg, 48, ONE_THREAD, variant="faiss_topk",
+                                      data=path, threads=1)
+        except ImportError:
+            pass
+    finally:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+    return dict(status="done", data=dict(p, **info), runs=runs)
+
+
 def _pending(needs, plan):
     return lambda cfg: dict(status="pending", needs=needs, plan=plan)
 
@@ -323,11 +487,9 @@ SECTIONS = {
     "popcount": section_popcount,
     # The loss and data layers' shares of a training iteration are measured by
     # bench/bench_training.py (`caffe time`). A hook for a later part:
-    "dqn_adc": _pending(
-        "DQN's ADC search (not written yet)",
-        "asymmetric distance computation search time and mAP on the same queries, against "
-        "the Hamming scan above"),
+    "dqn_adc": section_dqn_adc,
 }
+PQ = dict(dim=300, m=6, k=256, classes=10, spread=0.35, brute_queries=1000)
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,6 +610,7 @@ def render(result):
         lines += [f"### {bits} bits", "",
                   "| method | CPU s | wall s | x ours | peak RSS MiB | note |",
                   "|---|---:|---:|---:|---:|---|", *rows, ""]
+    lines += render_dqn_adc(result)
     if result["goals"]:
         lines += ["### Goals", ""]
         for g in result["goals"]:
@@ -466,6 +629,104 @@ def render(result):
 # ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
+
+
+def _merge_previous(result, ran):
+    """The previous eval.json with the sections run now replaced (each recording its own
+    machine and command), when its configuration matches; else `result` alone."""
+    path = os.path.join(common.RESULTS, f"{BENCH}.json")
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return result
+    same = ("nq", "ndb", "seed", "small")
+    if old.get("schema") != common.SCHEMA or any(old["config"].get(k) != result["config"][k]
+                                                 for k in same):
+        print(f"{path}: another configuration; written without its other sections",
+              file=sys.stderr)
+        return result
+    for name in ran:
+        section = dict(result["sections"][name])
+        section.update(machine=result["machine"], command=result["command"])
+        old["sections"][name] = section
+    for key, value in result["config"].items():
+        old["config"].setdefault(key, value)
+    old["config"]["pq"] = result["config"]["pq"]
+    return old
+
+
+def render_dqn_adc(result):
+    sec = result["sections"].get("dqn_adc", {})
+    if sec.get("status") != "done":
+        return []
+    cfg, p, runs = result["config"], sec["data"], sec["runs"]
+    m = sec.get("machine", result["machine"])
+    base = runs.get("eval")
+    lines = [f"### DQN: ADC search of product-quantized codes ({cfg['nq']:,} queries x "
+             f"{cfg['ndb']:,} database, D = {p['dim']}, M = {p['m']}, K = {p['k']}: "
+             f"{p['m'] * int(np.log2(p['k']))} bits)", ""]
+    if "machine" in sec:
+        lines += [f"Machine: {common.machine_line(m)}" + (
+            f", load average {m['load_average_end'][0]} at end" if m.get("load_average_end")
+            else "") + f". Command: `{sec['command']}`.", ""]
+    lines += [f"Data: {p['classes']} Gaussian clusters (= classes, centres x {p['spread']}, unit "
+              f"noise); codebooks: {p['trainer']}, loaded as ours; database encoded by "
+              f"tools.pq.encode ({p['distinct_codes']:,} distinct codes"
+              + (f", {p['codes_equal_faiss']:.4%} equal to faiss's codes" if
+                 "codes_equal_faiss" in p else "") + "). Ranking by DQN's AQD (inner "
+              "product), one thread each, CPU seconds (ratios use them).", "",
+              "| method | CPU s | wall s | x ours (mAP) | peak RSS MiB | note |",
+              "|---|---:|---:|---:|---:|---|"]
+
+    def row(name, r, note=""):
+        if not r:
+            return
+        ratio = r["cpu_s"] / base["cpu_s"] if base else None
+        if r.get("extrapolated"):
+            note = (note + "; " if note else "") + \
+                f"extrapolated from {r['timed_queries']:,} queries"
+        lines.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
+                     f"{_fmt(ratio, 2)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
+
+    if base:
+        mt = base["metrics"]
+        row("ours: exact tie-aware + index-order mAP, mAP@R (evaluate_adc, C lookups)", base,
+            f"mAP {mt['map_tie_aware']:.4f} tie-aware, {mt['map_index_order']:.4f} index order")
+    row("ours: full evaluate_adc (+ P/R/hit@1..100)", runs.get("eval_full"))
+    row("ours, pure-numpy fallback (no C compiler), mAP", runs.get("numpy_eval"))
+    r = runs.get("brute_map")
+    if r:
+        row("brute force mAP: decode, dense scores (BLAS), argsort per row, AP", r,
+            f"its mAP {r['map']:.6f} (ties in quicksort order) = ours {r['map_index_order_ours']:.6f} "
+            f"index order, {r['map_tie_aware_ours']:.6f} tie-aware on the same "
+            f"{r['timed_queries']:,} queries")
+    row(f"ours: top-k search, k = {runs['search']['k']:,} (tools.pq.search)" if
+        runs.get("search") else "", runs.get("search"))
+    r = runs.get("brute_topk")
+    if r:
+        row(f"brute force top-k: decode, dense scores, argsort, first {r['k']:,}", r,
+            f"{r['ids_equal_ours']:.4%} of ids = ours")
+    r = runs.get("faiss_topk")
+    if r:
+        row(f"faiss IndexPQ search, k = {r['k']:,}, {r['threads']} thread (same codebooks "
+            f"and codes)", r, f"{r['ids_equal_ours']:.4%} of ids = ours, scores within "
+            f"{r['score_max_abs_diff']:.2g} (200 queries)")
+    ham = result["sections"].get("ours", {}).get("by_bits", {}).get("48", {}).get("map")
+    if ham:
+        row("for scale: Hamming tie-aware + index-order mAP at 48 bits (evaluate_codes, "
+            "section above)", ham, "binary codes, not PQ")
+    lines.append("")
+    s, ft, bt, bm = (runs.get(k) for k in ("search", "faiss_topk", "brute_topk", "brute_map"))
+    if base and bm:
+        lines.append(f"- exact mAP: ours {bm['cpu_s'] / base['cpu_s']:.1f}x faster than the "
+                     f"brute force")
+    if s and bt:
+        lines.append(f"- top-{s['k']:,}: ours {bt['cpu_s'] / s['cpu_s']:.1f}x faster than the "
+                     f"brute force" + (f"; faiss IndexPQ takes {ft['cpu_s'] / s['cpu_s']:.2f}x "
+                                       f"our time" if ft else ""))
+    lines.append("")
+    return lines
 
 
 def main(argv=None):
@@ -487,6 +748,8 @@ def main(argv=None):
     ap.add_argument("--timed", type=int)
     ap.add_argument("--k", type=int)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data")
+    ap.add_argument("--config", help="JSON configuration (worker adc, variant data)")
     a = ap.parse_args(argv)
     if a.worker:
         a.bits = a.bits[0]
@@ -497,6 +760,7 @@ def main(argv=None):
         if getattr(a, key) is not None:
             cfg[key] = getattr(a, key)
     cfg.update(seed=a.seed, classes=10, flip=0.3, small=a.small, faiss_queries=a.faiss_queries)
+    cfg["pq"] = dict(PQ, brute_queries=min(PQ["brute_queries"], cfg["nq"]))
     from tools import _native
     machine = common.machine()
     machine["native"] = _native.status()
@@ -516,7 +780,9 @@ def main(argv=None):
         pass
     result = dict(bench=BENCH, schema=common.SCHEMA, machine=machine, command=command,
                   config=cfg, sections=sections)
-    result["goals"] = goals(sections, cfg)
+    if set(a.sections) != set(SECTIONS) and not a.no_write:
+        result = _merge_previous(result, a.sections)
+    result["goals"] = goals(result["sections"], result["config"])
     markdown = render(result)
     if a.no_write:
         print(markdown)

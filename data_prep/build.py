@@ -17,6 +17,8 @@ Output folder DIR:
   lmdb/database                 an LMDB, or a symlink to train or query when the sets are identical
   lmdb/train_triplets_stock     only with --stock-triplet-epochs K > 0
   triplets.txt, triplets.json   E epochs of "a p n" train rows
+  shuffled.txt, shuffled.json   3E epochs of train rows in a fresh random order, three a line
+                                (the pairwise methods' batches: DSH, DQN)
   mean.binaryproto, mean.json   train mean (Caffe channel order)
 
 Reruns: with the same parameters over a complete folder (dataset.json present, files matching their
@@ -43,9 +45,9 @@ from . import readers
 from .atomic import (OutputLock, atomic_symlink, remove_stale_temporaries, sha256_file, write_json)
 from .errors import DataPrepError
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SINGLETON_POLICIES, make_split, save_split
-from .triplets import check_triplets, generate_triplets, write_triplets
+from .triplets import check_triplets, generate_triplets, write_shuffled, write_triplets
 
-FORMAT = 'tqn-data-prep/1'
+FORMAT = 'tqn-data-prep/2'
 DATASETS = ('digits', 'cifar10', 'inshop', 'images')
 
 
@@ -305,7 +307,10 @@ def _build(args, params, out):
     train_labels = ds.labels[split.train]
     tmeta = write_triplets(out, train_labels, args.seed, args.epochs, args.batch_triplets, protocol,
                            progress=not quiet)
-    for f in ('triplets.txt', 'triplets.json'):
+    # The pairwise methods' batches: 3 x as many epochs of n/3 lines, as many lines as triplets.txt.
+    smeta = write_shuffled(out, len(train_labels), args.seed, 3 * args.epochs, protocol,
+                           progress=not quiet)
+    for f in ('triplets.txt', 'triplets.json', 'shuffled.txt', 'shuffled.json'):
         files[f] = sha256_file(os.path.join(out, f))
     if args.stock_triplet_epochs:
         k = args.stock_triplet_epochs
@@ -340,6 +345,7 @@ def _build(args, params, out):
         'lmdb_key_format': '%08d (row = line of splits/<protocol>/<split>.txt)',
         'stock_triplets': stock_info,
         'triplets': {k: tmeta[k] for k in ('seed', 'epochs', 'triplets_per_epoch', 'total', 'batch_size')},
+        'shuffled': {k: smeta[k] for k in ('seed', 'epochs', 'lines_per_epoch', 'total')},
         'mean': mean_info,
         'files': files,
         'caffe_pb2': caffe_pb2_origin() if lmdb_info else None,

@@ -106,6 +106,38 @@ def write_triplets(folder, labels, seed=0, epochs=40, batch_size=32, protocol=No
     return meta
 
 
+def epoch_shuffled_rows(n, seed, epoch):
+    """int32 [n // 3, 3]: epoch e's batches for the pairwise methods (DSH, DQN), read through
+    the same TripletData layer as triplets: numpy.random.default_rng([seed, e, 1]).permutation(n)
+    cut into consecutive triples (the last n % 3 rows of the permutation wait for another epoch;
+    a fresh permutation each epoch, so every row keeps its turn)."""
+    if n < 3:
+        raise DataPrepError(f'the pairwise batches need at least 3 train rows, got {n}')
+    order = np.random.default_rng([int(seed), int(epoch), 1]).permutation(n)
+    return order[:n - n % 3].reshape(-1, 3).astype(np.int32)
+
+
+def write_shuffled(folder, n, seed=0, epochs=120, protocol=None, progress=True):
+    """Writes shuffled.txt and shuffled.json (the pairwise methods' image order) into `folder`."""
+    prog = Progress(epochs, 'shuffled rows (epochs)', enabled=progress and n * epochs >= 1500000,
+                    min_total=1)
+    with atomic_file(os.path.join(folder, 'shuffled.txt'), 'w') as f:
+        for e in range(epochs):
+            t = epoch_shuffled_rows(n, seed, e)
+            f.write(('%d %d %d\n' * len(t)) % tuple(t.ravel().tolist()))
+            prog.update()
+    meta = {
+        'seed': int(seed), 'epochs': int(epochs), 'lines_per_epoch': n // 3, 'total': (n // 3) * int(epochs),
+        'train_rows': int(n), 'protocol': protocol,
+        'seed_derivation': 'epoch e: numpy.random.default_rng([seed, e, 1]).permutation(train rows), '
+                           'cut into consecutive triples',
+        'file': 'shuffled.txt',
+        'format': 'three 0-based rows of lmdb/train per line (not triplets: any labels); epochs concatenated',
+    }
+    write_json(os.path.join(folder, 'shuffled.json'), meta)
+    return meta
+
+
 def load_triplets(path):
     """Reads triplets.txt -> int32 [N, 3]."""
     t = np.loadtxt(path, dtype=np.int64, ndmin=2)

@@ -60,6 +60,64 @@ STEPS = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# Methods: TQN and the systems it is compared with, on the same backbone, data and budget.
+# "tqn" trains in two steps (step 1 alone is "triplet-only"); the others in one step ("step1"),
+# with the configuration's step-1 learning rate, for as many epochs as TQN's two steps together
+# (OURS: the same images seen, so the same budget). Every method reads 3 x batch_triplets images
+# an iteration through the TripletData layer: the triplet methods from triplets.txt, the pairwise
+# ones (DSH, DQN) from shuffled.txt, a fresh seeded permutation of the train rows each epoch read
+# three at a time (data_prep), so a pairwise batch is 96 random images and all their pairs.
+METHODS = {
+    "tqn": dict(steps=(1, 2), batches="triplets", code_threshold=0.5),
+    # DSH (Liu et al., CVPR 2016): linear latent layer, codes = sign.
+    "dsh": dict(steps=(1,), batches="shuffled", code_threshold=0.0,
+                alpha=0.01,               # DSH's paper (per pair); DSH's released code weighs
+                                          # the regularizer half as much (tradeoff 0.01 there
+                                          # = alpha 0.005 here, see dsh_loss_layer.hpp)
+                margin_per_bit=2.0),      # DSH: m = 2 k
+    # DNNH (Lai et al., CVPR 2015): divide-and-encode, triplet ranking loss of margin 1.
+    "dnnh": dict(steps=(1,), batches="triplets", code_threshold=0.5,
+                 slice_width=8,           # OURS: DNNH sizes its slices by its own net; 8 values
+                                          # per bit from an fc+ReLU layer of 8 x bits units
+                 epsilon=0.1,             # OURS: the paper gives no value for the band
+                 margin=1.0,              # DNNH: max(0, 1 - (|F-F-|^2 - |F-F+|^2))
+                 loss_weight=2.0),        # TripletLoss halves its mean; DNNH's per-triplet loss
+                                          # averaged over the batch is TripletLoss x 2
+    # DQN (Cao et al., AAAI 2016): fc bottleneck + tanh, pairwise cosine loss, PQ loss.
+    "dqn": dict(steps=(1,), batches="shuffled", code_threshold=None,
+                bottleneck=300,           # DQN's paper: a 300-unit bottleneck (rounded up to a
+                                          # multiple of M)
+                dissimilar_value=-1.0,    # DQN's released code (the paper leaves it unsaid)
+                pq_weight=1e-4,           # lambda: DQN's released code (q_lambda = 0.0001)
+                update_epochs=2,          # DQN: codebooks and codes updated every 2 epochs
+                buffer_rows=10000,        # OURS: k-means runs on the most recent 10,000 rows
+                kmeans_iterations=20,     # OURS
+                centroids=256),           # DQN: K = 256 (8 bits a subspace) where bits % 8 == 0
+}
+
+
+def method(name):
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+def pq_shape(bits):
+    """(M, K) of DQN's product quantizer for a code of `bits` bits = M log2 K: K = 256 (the
+    paper's) when 8 divides bits, else K = 64 (OURS: 12 bits = 2 x 6)."""
+    for per_subspace in (8, 6):
+        if bits % per_subspace == 0:
+            return bits // per_subspace, 2 ** per_subspace
+    raise ValueError(f"DQN needs a code length divisible by 8 (K = 256) or 6 (K = 64), got {bits}")
+
+
+def dqn_bottleneck(bits):
+    m, _ = pq_shape(bits)
+    return m * -(-METHODS["dqn"]["bottleneck"] // m)
+
+
 def config(dataset, scale):
     try:
         return CONFIGS[(dataset, scale)]

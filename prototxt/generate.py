@@ -130,8 +130,50 @@ def backbone(name, bottom="data"):
     raise KeyError(f"unknown backbone {name!r}")
 
 
-def hash_layers(bits):
-    return [_fc("hash_fc", "features", bits), layer("hash", "Sigmoid", ["hash_fc"], ["hash"])]
+def hash_layers(bits, method="tqn"):
+    """The method's layers from "features" to "hash", the blob its loss sees and codes come from:
+    tqn: fc + sigmoid (PAPER); dsh: a linear fc (codes = sign); dnnh: fc + ReLU to slice_width x
+    bits values, divide-and-encode (one 1x1 convolution group per bit = one unit per slice) +
+    sigmoid + piece-wise threshold; dqn: the fc bottleneck + tanh."""
+    m = D.method(method)
+    if method == "tqn":
+        return [_fc("hash_fc", "features", bits), layer("hash", "Sigmoid", ["hash_fc"], ["hash"])]
+    if method == "dsh":
+        return [layer("hash_fc", "InnerProduct", ["features"], ["hash"],
+                      param=[dict(lr_mult=1.0), dict(lr_mult=2.0)],
+                      inner_product_param=dict(num_output=bits, weight_filler=_filler("xavier"),
+                                               bias_filler=_filler("constant", value=0.0)))]
+    if method == "dnnh":
+        return [_fc("dnnh_fc", "features", m["slice_width"] * bits), _relu("dnnh_relu", "dnnh_fc"),
+                layer("dnnh_slices", "Reshape", ["dnnh_fc"], ["dnnh_slices"],
+                      reshape_param=dict(shape=dict(dim=[0, -1, 1, 1]))),
+                _conv("hash_fc", "dnnh_slices", bits, 1, group=bits),
+                layer("hash_sigmoid", "Sigmoid", ["hash_fc"], ["hash_sigmoid"]),
+                layer("hash", "PiecewiseThreshold", ["hash_sigmoid"], ["hash"],
+                      piecewise_threshold_param=dict(epsilon=m["epsilon"]))]
+    if method == "dqn":
+        return [_fc("hash_fc", "features", D.dqn_bottleneck(bits)),
+                layer("hash", "TanH", ["hash_fc"], ["hash"])]
+    raise KeyError(f"no hash layers for method {method!r}")
+
+
+def pq_layer(bits, iters_per_epoch, train_rows, weight, total_iters=None):
+    """DQN's ProductQuantizationLoss on "hash" (codebooks: blobs updated by k-means, never by
+    the solver), updated every 2 epochs (DQN), or 4 times a run when the run is shorter than
+    8 epochs (OURS: a short CPU-scale budget would otherwise never quantize)."""
+    m = D.METHODS["dqn"]
+    subspaces, centroids = D.pq_shape(bits)
+    interval = m["update_epochs"] * iters_per_epoch
+    if total_iters:
+        interval = min(interval, total_iters // 4)
+    return layer("pq_loss", "ProductQuantizationLoss", ["hash"], ["pq_loss"],
+                 param=[dict(lr_mult=0.0, decay_mult=0.0), dict(lr_mult=0.0, decay_mult=0.0)],
+                 product_quantization_loss_param=dict(
+                     num_subspaces=subspaces, num_centroids=centroids,
+                     codebook_update_interval=max(1, interval),
+                     buffer_size=max(centroids, min(m["buffer_rows"], train_rows)),
+                     kmeans_iterations=m["kmeans_iterations"], seed=0),
+                 loss_weight=weight)
 
 
 def transform(backbone_name, train, mean_file=None):
@@ -178,51 +220,112 @@ def loss_layer(kind, name, weight, param, implementation="cpp"):
 
 
 def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batch_triplets=None,
-              tqn_overrides=None, implementation="cpp"):
-    """The training net of `step` (1: triplet loss, 2: TQN) reading `images` (LMDB) and
-    `triplets` (list file). `tqn_overrides` replaces TQN parameters (e.g. beta) for studies;
-    `implementation` "python" uses the pycaffe Python loss layers instead of the C++ ones."""
+              tqn_overrides=None, implementation="cpp", method="tqn", train_rows=None,
+              total_iters=None):
+    """The training net of `method` and `step` (tqn: 1 triplet loss, 2 TQN; the others: 1)
+    reading `images` (LMDB) and `triplets` (the list file: triplets.txt for the triplet methods,
+    shuffled.txt for the pairwise ones). `tqn_overrides` replaces TQN parameters (e.g. beta) for
+    studies; `implementation` "python" uses the pycaffe Python loss layers instead of the C++
+    ones; `train_rows` (the train set's size) and `total_iters` (the run's iterations) set DQN's
+    codebook schedule."""
     cfg = D.config(dataset, scale)
+    m = D.method(method)
+    if step not in m["steps"]:
+        raise ValueError(f"method {method} has steps {m['steps']}, not {step}")
     bs = batch_triplets or D.PAPER_TRAINING["batch_triplets"]
-    tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
-    params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}
-    losses = {kind: (lambda name, weight, kind=kind: loss_layer(kind, name, weight, params[kind],
-                                                                 implementation))
-              for kind in params}
-    names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
-    s = D.STEPS[step]
-    parts = [
-        layer("data", "TripletData", top=["data"],
-              transform_param=transform(cfg["backbone"], True, mean_file),
-              triplet_data_param=dict(source=images, triplet_source=triplets, batch_size=bs)),
-        *backbone(cfg["backbone"]),
-        *hash_layers(bits),
-        layer("split", "Slice", ["hash"], ["hash_a", "hash_p", "hash_n"],
-              slice_param=dict(axis=0, slice_point=[bs, 2 * bs])),
-        losses[s["loss"]](names[s["loss"]], 1.0),
-        losses[s["monitor"]](names[s["monitor"]], 0.0),
-    ]
-    head = (f"# {dataset} / {scale} scale / {bits} bits / step {step}: {s['loss']} "
-            f"(the {s['monitor']} is logged with weight 0).\n"
+    pairwise = m["batches"] == "shuffled"
+    data = layer("data", "TripletData", top=["data", "label"] if pairwise else ["data"],
+                 transform_param=transform(cfg["backbone"], True, mean_file),
+                 triplet_data_param=dict(source=images, triplet_source=triplets, batch_size=bs))
+    parts = [data, *backbone(cfg["backbone"]), *hash_layers(bits, method)]
+    if method == "tqn":
+        tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
+        params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}
+        names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
+        s = D.STEPS[step]
+        parts += [layer("split", "Slice", ["hash"], ["hash_a", "hash_p", "hash_n"],
+                        slice_param=dict(axis=0, slice_point=[bs, 2 * bs])),
+                  loss_layer(s["loss"], names[s["loss"]], 1.0, params[s["loss"]], implementation),
+                  loss_layer(s["monitor"], names[s["monitor"]], 0.0, params[s["monitor"]],
+                             implementation)]
+        what = f"step {step}: {s['loss']} (the {s['monitor']} is logged with weight 0)"
+    elif method == "dnnh":
+        parts += [layer("split", "Slice", ["hash"], ["hash_a", "hash_p", "hash_n"],
+                        slice_param=dict(axis=0, slice_point=[bs, 2 * bs])),
+                  loss_layer("TripletLoss", "dnnh_loss", m["loss_weight"], dict(margin=m["margin"]),
+                             implementation)]
+        what = "DNNH: divide-and-encode, triplet ranking loss (TripletLoss, margin 1, weight 2)"
+    elif method == "dsh":
+        param = dict(margin=m["margin_per_bit"] * bits, alpha=m["alpha"])
+        parts.append(_pair_loss("DSHLoss", "dsh_loss", "dsh_loss_param", param, 1.0, implementation))
+        what = "DSH: pairwise loss over all pairs of the batch"
+    elif method == "dqn":
+        iters_per_epoch = -(-(train_rows or DEFAULT_TRAIN_SIZE[dataset]) // (3 * bs))
+        parts += [_pair_loss("PairwiseCosineLoss", "cosine_loss", "pairwise_cosine_loss_param",
+                             dict(dissimilar_value=m["dissimilar_value"]), 1.0, implementation),
+                  pq_layer(bits, iters_per_epoch, train_rows or DEFAULT_TRAIN_SIZE[dataset],
+                           m["pq_weight"], total_iters)]
+        what = "DQN: pairwise cosine loss + product quantization loss (codebooks by k-means)"
+    else:
+        raise KeyError(method)
+    suffix = f"step{step}" if method == "tqn" else method
+    head = (f"# {dataset} / {scale} scale / {bits} bits / {what}.\n"
             f"# Generated by python -m prototxt.generate from prototxt/description.py; do not edit.\n")
-    return head + f'name: "{dataset}_{scale}_{bits}bits_step{step}"\n' + "\n".join(parts) + "\n"
+    return head + f'name: "{dataset}_{scale}_{bits}bits_{suffix}"\n' + "\n".join(parts) + "\n"
 
 
-def extract_net(dataset, scale, bits, images, batch, mean_file=None):
+def _pair_loss(kind, name, field, param, weight, implementation):
+    """A loss on ("hash", "label") over the pairs of the batch: C++ or the Python layer."""
+    if implementation == "python":
+        return layer(name, "Python", ["hash", "label"], [name],
+                     python_param=dict(module="tqn_layers", layer=kind + "Layer",
+                                       param_str=_param_text(param)),
+                     loss_weight=[weight])
+    return layer(name, kind, ["hash", "label"], [name], **{field: param}, loss_weight=[weight])
+
+
+def extract_net(dataset, scale, bits, images, batch, mean_file=None, method="tqn"):
     """Reads `images` (LMDB) with a stock Data layer (test-time transform: centre crop, no
-    mirror) and outputs "hash" (the latent sigmoid features) and "label"."""
+    mirror) and outputs "hash" (the method's latent features) and "label"; DQN's net also holds
+    the ProductQuantizationLoss layer, whose blobs bring the trained codebooks."""
     cfg = D.config(dataset, scale)
     parts = [
         layer("data", "Data", top=["data", "label"],
               transform_param=transform(cfg["backbone"], False, mean_file),
               data_param=dict(source=images, batch_size=batch, backend=Enum("LMDB"))),
         *backbone(cfg["backbone"]),
-        *hash_layers(bits),
+        *hash_layers(bits, method),
     ]
-    return (f"# {dataset} / {scale} scale / {bits} bits: feature extraction.\n"
+    if method == "dqn":
+        parts.append(pq_layer(bits, 1, D.pq_shape(bits)[1], 0.0))
+    suffix = "" if method == "tqn" else f"_{method}"
+    return (f"# {dataset} / {scale} scale / {bits} bits{'' if method == 'tqn' else ' / ' + method}: "
+            f"feature extraction.\n"
             f"# Generated by python -m prototxt.generate from prototxt/description.py.\n"
-            f'name: "{dataset}_{scale}_{bits}bits_extract"\nstate {{ phase: TEST }}\n'
+            f'name: "{dataset}_{scale}_{bits}bits_extract{suffix}"\nstate {{ phase: TEST }}\n'
             + "\n".join(parts) + "\n")
+
+
+def warm_start_net(dataset, scale, images, batch, mean_file=None):
+    """OURS, at CPU scale only: the backbone + a softmax classifier on the train labels, read with a
+    stock Data layer (train transform). Its weights stand in for the paper's ImageNet
+    pre-training: every method's first step starts from them (same layer names), the classifier
+    ("warm_start_classifier") is dropped."""
+    cfg = D.config(dataset, scale)
+    parts = [
+        layer("data", "Data", top=["data", "label"],
+              transform_param=transform(cfg["backbone"], True, mean_file),
+              data_param=dict(source=images, batch_size=batch, backend=Enum("LMDB"))),
+        *backbone(cfg["backbone"]),
+        _fc("warm_start_classifier", "features", cfg["classes"]),
+        layer("warm_start_loss", "SoftmaxWithLoss", ["warm_start_classifier", "label"],
+              ["warm_start_loss"]),
+        layer("warm_start_accuracy", "Accuracy", ["warm_start_classifier", "label"],
+              ["warm_start_accuracy"]),
+    ]
+    return (f"# {dataset} / {scale} scale: classification warm start of the backbone.\n"
+            f"# Generated by python -m prototxt.generate from prototxt/description.py.\n"
+            f'name: "{dataset}_{scale}_warm_start"\n' + "\n".join(parts) + "\n")
 
 
 def solver(dataset, scale, step, net_path, max_iter, snapshot_prefix, seed, base_lr=None,
@@ -272,6 +375,18 @@ def default_files():
                 files[f"{folder}/step{step}_solver.prototxt"] = solver(
                     dataset, scale, step, net_path, its[step - 1], f"{run}/step{step}", seed=1,
                     weights=f"{run}/step1_iter_{its[0]}.caffemodel" if step == 2 else None)
+            # The other methods: one step of TQN's two steps' iterations (the same budget).
+            for method in ("dsh", "dnnh", "dqn"):
+                lists = "shuffled.txt" if D.METHODS[method]["batches"] == "shuffled" else "triplets.txt"
+                net_path = f"prototxt/generated/{folder}/{method}_net.prototxt"
+                files[f"{folder}/{method}_net.prototxt"] = train_net(
+                    dataset, scale, bits, 1, f"{data}/lmdb/train", f"{data}/{lists}", mean,
+                    method=method, train_rows=DEFAULT_TRAIN_SIZE[dataset], total_iters=sum(its))
+                files[f"{folder}/{method}_solver.prototxt"] = solver(
+                    dataset, scale, 1, net_path, sum(its), f"runs/{dataset}_{scale}_{bits}bits_{method}/step1",
+                    seed=1)
+                files[f"{folder}/extract_{method}.prototxt"] = extract_net(
+                    dataset, scale, bits, f"{data}/lmdb/query", 100, mean, method)
     return files
 
 

@@ -32,7 +32,7 @@ run_gtest() {  # name, filter
   fi
 }
 step "gtest: this project's layers"
-run_gtest layers '*Triplet*-*GPU*'
+run_gtest layers '*Triplet*:*DSHLoss*:*PiecewiseThreshold*:*PairwiseCosineLoss*:*ProductQuantizationLoss*-*GPU*'
 step "gtest: Caffe's own CPU suite"
 run_gtest caffe '-*GPU*'
 

@@ -59,7 +59,14 @@ def test_digits_layout_and_contents(digits_out):
     trip = load_triplets(str(out / 'triplets.txt'))
     assert trip.shape == (5 * len(ids), 3) and trip.max() < len(ids)
     check_triplets(trip, lmdb_labels)                                          # rows index the train LMDB
-    for f in ('triplets.json', 'mean.json', 'splits/digits/split.json'):
+    shuffled = np.loadtxt(str(out / 'shuffled.txt'), dtype=np.int64, ndmin=2)
+    per_epoch = len(ids) // 3
+    assert shuffled.shape == (3 * 5 * per_epoch, 3)                            # 3 x --epochs epochs
+    for e in range(3):                                                         # each epoch: distinct rows
+        rows = shuffled[e * per_epoch:(e + 1) * per_epoch].ravel()
+        assert len(np.unique(rows)) == rows.size == 3 * per_epoch and rows.max() < len(ids)
+    assert m['shuffled']['lines_per_epoch'] == per_epoch
+    for f in ('triplets.json', 'shuffled.json', 'mean.json', 'splits/digits/split.json'):
         assert json.loads((out / f).read_text())['protocol'] == 'digits'
     assert not _leftovers(out)
 

@@ -172,3 +172,14 @@ def test_write_and_load_triplets(tmp_path):
     j = json.loads((tmp_path / 'triplets.json').read_text())
     assert j == meta and j['seed'] == 3 and j['epochs'] == 4 and j['count_per_epoch'] == [12] * 4
     assert j['batch_size'] == 5 and j['full_batches_per_epoch'] == 2
+
+
+def test_shuffled_rows_are_fresh_seeded_permutations():
+    from data_prep.triplets import epoch_shuffled_rows
+    a, b = epoch_shuffled_rows(100, 0, 0), epoch_shuffled_rows(100, 0, 1)
+    assert a.shape == (33, 3) and len(np.unique(a)) == 99 and a.max() < 100
+    assert not np.array_equal(a, b)                                      # a fresh order each epoch
+    assert np.array_equal(a, epoch_shuffled_rows(100, 0, 0))             # seeded
+    assert not np.array_equal(a, epoch_shuffled_rows(100, 1, 0))
+    with pytest.raises(Exception, match="at least 3 train rows"):
+        epoch_shuffled_rows(2, 0, 0)

@@ -21,7 +21,9 @@ def test_generated_files_are_current(capsys):
 
 def test_every_generated_file_parses(caffe_pb2):
     files = G.default_files()
-    assert len(files) == 5 * sum(len(c["bits"]) for c in D.CONFIGS.values())
+    # per configuration and width: TQN's extract + 2 x (net, solver); DSH, DNNH, DQN: net,
+    # solver, extract each
+    assert len(files) == 14 * sum(len(c["bits"]) for c in D.CONFIGS.values())
     for rel, text in files.items():
         message = caffe_pb2.SolverParameter() if "solver" in rel else caffe_pb2.NetParameter()
         text_format.Parse(text, message)
@@ -76,3 +78,71 @@ def test_solvers_follow_the_paper(caffe_pb2):
 def test_unknown_configuration_is_named():
     with pytest.raises(KeyError, match="no configuration for data set 'mnist'"):
         G.train_net("mnist", "cpu", 12, 1, "a", "b")
+
+
+def test_dsh_net(caffe_pb2):
+    layers = layers_by_name(caffe_pb2, G.train_net("cifar10", "cpu", 24, 1, "img", "shuffled.txt",
+                                                   mean_file="m", method="dsh"))
+    assert list(layers["data"].top) == ["data", "label"]
+    assert layers["data"].triplet_data_param.triplet_source == "shuffled.txt"
+    assert layers["hash_fc"].type == "InnerProduct" and list(layers["hash_fc"].top) == ["hash"]
+    loss = layers["dsh_loss"]
+    assert loss.type == "DSHLoss" and list(loss.bottom) == ["hash", "label"]
+    assert loss.dsh_loss_param.margin == 48 and loss.dsh_loss_param.alpha == pytest.approx(0.01)
+
+
+def test_dnnh_net_divides_and_encodes(caffe_pb2):
+    layers = layers_by_name(caffe_pb2, G.train_net("digits", "cpu", 12, 1, "img", "t.txt",
+                                                   method="dnnh"))
+    width = D.METHODS["dnnh"]["slice_width"]
+    assert layers["dnnh_fc"].inner_product_param.num_output == width * 12
+    conv = layers["hash_fc"].convolution_param
+    assert layers["hash_fc"].type == "Convolution"
+    assert (conv.num_output, conv.group, conv.kernel_size[0]) == (12, 12, 1)   # a unit per slice
+    assert layers["hash"].type == "PiecewiseThreshold"
+    loss = layers["dnnh_loss"]
+    assert loss.type == "TripletLoss" and loss.triplet_loss_param.margin == 1
+    assert list(loss.loss_weight) == [2]
+    assert list(layers["data"].top) == ["data"]
+
+
+@pytest.mark.parametrize("bits,m,k", [(12, 2, 64), (24, 3, 256), (48, 6, 256)])
+def test_dqn_net(caffe_pb2, bits, m, k):
+    layers = layers_by_name(caffe_pb2, G.train_net("digits", "cpu", bits, 1, "img", "s.txt",
+                                                   method="dqn", train_rows=1438))
+    assert layers["hash"].type == "TanH" and layers["hash_fc"].inner_product_param.num_output == 300
+    assert layers["cosine_loss"].pairwise_cosine_loss_param.dissimilar_value == -1
+    pq = layers["pq_loss"]
+    p = pq.product_quantization_loss_param
+    assert (p.num_subspaces, p.num_centroids) == (m, k)
+    assert p.codebook_update_interval == 2 * -(-1438 // 96)            # every 2 epochs
+    short = layers_by_name(caffe_pb2, G.train_net("digits", "cpu", bits, 1, "img", "s.txt", method="dqn",
+                                                  train_rows=1438, total_iters=60))
+    assert short["pq_loss"].product_quantization_loss_param.codebook_update_interval == 15  # 4 a run
+    assert [(s.lr_mult, s.decay_mult) for s in pq.param] == [(0, 0), (0, 0)]
+    assert list(pq.loss_weight) == [pytest.approx(1e-4)]
+
+
+def test_pq_shape():
+    assert [D.pq_shape(b) for b in (12, 24, 48, 96, 32)] == [(2, 64), (3, 256), (6, 256), (12, 256),
+                                                              (4, 256)]
+    assert D.dqn_bottleneck(192) == 312                                 # rounded up to M = 24
+    with pytest.raises(ValueError, match="divisible by 8"):
+        D.pq_shape(10)
+
+
+def test_one_step_methods_get_tqns_budget(caffe_pb2):
+    files = G.default_files()
+    tqn = [caffe_pb2.SolverParameter() for _ in range(2)]
+    text_format.Parse(files["digits_cpu/24bits/step1_solver.prototxt"], tqn[0])
+    text_format.Parse(files["digits_cpu/24bits/step2_solver.prototxt"], tqn[1])
+    for method in ("dsh", "dnnh", "dqn"):
+        s = caffe_pb2.SolverParameter()
+        text_format.Parse(files[f"digits_cpu/24bits/{method}_solver.prototxt"], s)
+        assert s.max_iter == tqn[0].max_iter + tqn[1].max_iter
+        assert s.base_lr == pytest.approx(tqn[0].base_lr)
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(KeyError, match="unknown method 'hashnet'"):
+        G.train_net("digits", "cpu", 12, 1, "a", "b", method="hashnet")

@@ -1,5 +1,5 @@
 """Optional C kernels (tools/_native.c) for the Hamming scans of tools/codes.py and
-tools/metrics.py, built on first use with the system C compiler and loaded with ctypes.
+tools/metrics.py and the ADC table lookups of tools/pq.py, built on first use with the system C compiler and loaded with ctypes.
 
 Nothing beyond the standard library and a C compiler (`$CC`, else Python's configured
 compiler, else `cc` / `gcc`): no Python headers, no cffi. The shared library is cached in
@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -150,6 +150,8 @@ def _load():
     library.tqn_scan.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, p, p, p, p, i64,
                                  p]
     library.tqn_scan.restype = ctypes.c_int
+    library.tqn_adc.argtypes = [p, p, i64, i64, i64, i64, ctypes.c_int, p]
+    library.tqn_adc.restype = ctypes.c_int
     library.tqn_force_generic.argtypes = [ctypes.c_int]
     library.tqn_force_generic.restype = ctypes.c_int
     return library, path
@@ -212,3 +214,18 @@ def scan(q_words, db_words, relevance, nbins, self_start=-1, ks=None):
     if status != 0:
         raise MemoryError("tqn_scan: out of memory")
     return rel, tot, stats
+
+
+def adc(tables, codes, out):
+    """Fill out [nq, ndb] (float32, C-contiguous) with ADC scores
+    ``out[i, j] = sum_m tables[i, m, codes[j, m]]`` (see tqn_adc). tables: float32
+    [nq, M, K]; codes: uint8 / uint16 [ndb, M], every value < K (not checked here)."""
+    tables = np.ascontiguousarray(tables, dtype=np.float32)
+    codes = np.ascontiguousarray(codes)
+    nq, m, k = tables.shape
+    assert codes.dtype in (np.uint8, np.uint16) and codes.ndim == 2 and codes.shape[1] == m
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == (nq, len(codes))
+    if lib().tqn_adc(_ptr(tables), _ptr(codes), nq, len(codes), m, k, codes.itemsize,
+                     _ptr(out)) != 0:
+        raise ValueError(f"tqn_adc: unsupported code size {codes.itemsize}")
+    return out

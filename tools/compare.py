@@ -4,7 +4,9 @@
     python -m tools.compare --dataset cifar10 --data DIR --iters 2000 1000 --bits 48
 
 Deep rows come from the main job's training (tools/main_job.py: step 1 = triplet-only, step 2 =
-TQN), read back from its saved evaluations; classical rows (tools/baselines.py) hash the same
+TQN) and from DSH, DNNH and DQN trained on the same data, backbone and budget (TQN's two steps'
+iterations together; main_job.run_method), read back from their saved evaluations (DQN: ADC
+ranking of its product-quantizer codes); classical rows (tools/baselines.py) hash the same
 split's features, raw pixels or the trained step-1 net's features (`--baseline-features`), and
 are scored by the same tools/metrics.py. Rows this project cannot run (the paper's MLH, BRE, KSH,
 CNNH, ...) appear only for CIFAR-10, marked "cited" with their source. Writes <out>/results/
@@ -26,7 +28,8 @@ from tools import metrics as M
 from tools.extract import load_blobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEEP = {"triplet": 1, "tqn": 2}
+DEEP = {"triplet": 1, "tqn": 2}         # the main job's two steps
+ONE_STEP = ("dsh", "dnnh", "dqn")        # trained by main_job.run_method on the same budget
 CLASSICAL = ("lsh", "itq", "sdh")
 # The TQN paper's Table II (CIFAR-10 mAP at 12 / 24 / 48 bits; its own protocol and nets).
 PAPER_TABLE_II = {
@@ -67,6 +70,25 @@ def deep_rows(out, bits_list, methods, protocol):
                 seeds=f"data {plan['data_seed']}, triplets {plan['triplet_seed']}, solver "
                       + ",".join(str(s) for s in plan["solver_seeds"][:step]),
                 wall_seconds=round(seconds, 1), source="measured",
+                warnings=len(m["collapse_warnings"])))
+    return rows
+
+
+def one_step_rows(job, data_dir, bits_list, methods, protocol, cfg):
+    rows = []
+    for bits in bits_list:
+        for method in methods:
+            run = os.path.join(job.out, f"{bits}bits", method)
+            record, m = main_job.run_method(method, job, data_dir, bits, run, cfg["classes"])
+            plan = record["plan"]
+            rows.append(dict(
+                method=method.upper(), features="learned" if method != "dqn" else "learned (PQ, ADC)",
+                bits=bits, map_tie_aware=m["binary"]["map_tie_aware"],
+                map_index_order=m["binary"]["map_index_order"],
+                precision_radius2=m["binary"].get("precision_radius2"), protocol=protocol,
+                net=cfg["backbone"], iterations=str(plan["iterations"][0]),
+                seeds=f"data {plan['data_seed']}, solver {plan['solver_seeds'][0]}",
+                wall_seconds=record["steps"]["1"]["seconds"], source="measured",
                 warnings=len(m["collapse_warnings"])))
     return rows
 
@@ -146,7 +168,8 @@ def markdown(rows, bits_list, title):
               "wall s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["source"] == "measured":
-            lines.append(f"| {r['method']} ({r['features']}) | {r['bits']} | {r['precision_radius2']:.3f} | "
+            p2 = "n/a" if r["precision_radius2"] is None else f"{r['precision_radius2']:.3f}"
+            lines.append(f"| {r['method']} ({r['features']}) | {r['bits']} | {p2} | "
                          f"{r['protocol']} | {r['net']} | {r['iterations']} | {r['seeds']} | "
                          f"{r['wall_seconds']} |")
     return "\n".join(lines) + "\n"
@@ -157,6 +180,7 @@ def run(args):
     bits_list = args.bits or list(cfg["bits"])
     out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"compare-{args.dataset}-{args.scale}"))
     deep = [m for m in args.methods if m in DEEP]
+    one_step = [m for m in args.methods if m in ONE_STEP]
     job = main_job.main.__globals__["argparse"].Namespace(
         dataset=args.dataset, scale=args.scale, archive=args.archive, root=args.root,
         protocol=args.protocol, data=args.data, data_args=[], bits=bits_list, weights=args.weights,
@@ -174,6 +198,8 @@ def run(args):
     same = os.path.realpath(os.path.join(data_dir, "lmdb", "query")) == \
         os.path.realpath(os.path.join(data_dir, "lmdb", "database"))
     rows = deep_rows(out, bits_list, deep, protocol) if deep else []
+    if one_step:
+        rows += one_step_rows(job, data_dir, bits_list, one_step, protocol, cfg)
     classical = [m for m in args.methods if m in CLASSICAL]
     if classical:
         rows += classical_rows(data_dir, out, bits_list, classical, args.baseline_features, protocol,
@@ -200,8 +226,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="digits", choices=sorted({d for d, _ in D.CONFIGS}))
     ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
-    ap.add_argument("--methods", nargs="+", default=["tqn", "triplet", *CLASSICAL],
-                    choices=[*DEEP, *CLASSICAL])
+    ap.add_argument("--methods", nargs="+", default=["tqn", "triplet", *ONE_STEP, *CLASSICAL],
+                    choices=[*DEEP, *ONE_STEP, *CLASSICAL])
     ap.add_argument("--bits", type=int, nargs="+")
     ap.add_argument("--baseline-features", choices=("raw", "step1"), default="raw",
                     help="what LSH/ITQ/SDH hash: raw pixels, or the step-1 net's latent features")

@@ -31,6 +31,11 @@ def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None, self_match="exclu
     q, db = sets["query"], sets["database"]
     bits = meta["bits"]
     same = bool(meta.get("database_is_query")) and self_match == "exclude"
+    if meta.get("method") == "dqn":
+        result = _evaluate_pq(blobs, meta, q, db, same, ks, self_match)
+        if out:
+            _write(out, result)
+        return result
     binary = M.evaluate_codes(q["codes"], q["labels"], db["codes"], db["labels"], bits,
                               exclude_self=same, ks=ks, radii=(2,))
     real = M.evaluate_features(q["features"], q["labels"], db["features"], db["labels"],
@@ -53,12 +58,37 @@ def evaluate(blobs, ks=DEFAULT_KS, out=None, num_classes=None, self_match="exclu
         code_health={k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in health.items()},
         collapse_warnings=warnings)
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+        _write(out, result)
         plot_pr(result, os.path.join(out, "pr_curve.png"))
     return result
+
+
+def _write(out, result):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+
+
+def _evaluate_pq(blobs, meta, q, db, same, ks, self_match):
+    """DQN: the database's product-quantizer codes ranked for each (unquantized) query by DQN's
+    asymmetric quantizer similarity (tools/pq.py); real-valued: the bottleneck features."""
+    from tools import pq
+    codebooks = np.load(os.path.join(blobs, "codebooks.npy"), allow_pickle=False)
+    binary = pq.evaluate_adc(q["features"], q["labels"], db["pq_codes"], db["labels"], codebooks,
+                             metric="ip", exclude_self=same, ks=ks)
+    binary.setdefault("precision_radius2", None)
+    real = M.evaluate_features(q["features"], q["labels"], db["features"], db["labels"],
+                               exclude_self=same, ks=ks)
+    distinct = len(np.unique(np.asarray(db["pq_codes"]), axis=0))
+    return dict(
+        protocol=meta.get("protocol"), dataset=meta.get("dataset"), bits=meta["bits"],
+        method="dqn", weights=meta.get("weights"), exclude_self=same,
+        self_match=self_match if meta.get("database_is_query") else "n/a (query and database differ)",
+        binary=binary, real=real, search="ADC (asymmetric quantizer similarity, DQN)",
+        drop_map=M.relative_drop(real["map"], binary["map_tie_aware"]) if real["map"] > 0 else None,
+        pr_by_radius=None, code_health=dict(distinct_codes=distinct),
+        collapse_warnings=[f"only {distinct} distinct PQ codes in the database"] if distinct <= 1 else [])
 
 
 def plot_pr(result, path):
@@ -84,6 +114,15 @@ def plot_pr(result, path):
 
 def summary(result):
     b, r, h = result["binary"], result["real"], result["code_health"]
+    if result.get("method") == "dqn":
+        return (f"protocol {result['protocol']} | {result['dataset']} | {result['bits']} bits (PQ) | "
+                f"{b['n_queries']} queries x {b['n_database']} database items\n"
+                f"  PQ codes (ADC): mAP {b['map_tie_aware']:.4f} tie-aware, "
+                f"{b['map_index_order']:.4f} index order\n"
+                f"  real-valued (Euclidean): mAP {r['map']:.4f}; drop to PQ "
+                + (f"{result['drop_map']:.1%}" if result["drop_map"] is not None else "n/a")
+                + f"\n  {h['distinct_codes']} distinct PQ codes"
+                + "".join(f"\n  WARNING: {w}" for w in result["collapse_warnings"]))
     lines = [f"protocol {result['protocol']} | {result['dataset']} | {result['bits']} bits | "
              f"{b['n_queries']} queries x {b['n_database']} database items"
              + (" (each query left out of its own ranking)" if result["exclude_self"] else "")

@@ -45,6 +45,26 @@ def prepare_data(args, data_dir):
         raise SystemExit(f"data_prep.build failed (exit {code}); see the message above")
 
 
+def run_method(method, args, data_dir, bits, run_dir, num_classes):
+    """Trains one of the one-step methods (dsh, dnnh, dqn) on TQN's budget (`args.epochs` or
+    `args.iters`: its two steps together), extracts and evaluates it: (train record, evaluation)."""
+    train_args = T.build_parser().parse_args(
+        ["--method", method, "--data", data_dir, "--dataset", args.dataset, "--scale", args.scale,
+         "--bits", str(bits), "--out", run_dir, "--seed", str(args.seed),
+         "--batch-triplets", str(args.batch_triplets), "--epochs", *map(str, args.epochs)]
+        + (["--weights", args.weights] if args.weights else [])
+        + (["--iters", *map(str, args.iters)] if args.iters else [])
+        + (["--quiet"] if args.quiet else []))
+    train_args.tqn = {}
+    record = T.train(train_args)
+    model = T.final_model(run_dir, 1, record["plan"]["iterations"][0])
+    blobs = os.path.join(run_dir, "blobs")
+    X.extract(data_dir, args.dataset, args.scale, bits, model, blobs, method=method)
+    result = E.evaluate(blobs, out=os.path.join(run_dir, "eval"), num_classes=num_classes)
+    say(f"{bits} bits, {method.upper()}:\n" + E.summary(result))
+    return record, result
+
+
 def headline(result, dataset):
     """The Table III metric: top-20 accuracy on In-shop (the paper's), mAP elsewhere."""
     if dataset == "inshop":

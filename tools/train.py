@@ -1,8 +1,14 @@
-"""TQN's two training steps through the stock `caffe train -solver`.
+"""Training through the stock `caffe train -solver`: TQN's two steps, or DSH, DNNH or DQN.
 
     python -m tools.train --data data/digits --dataset digits --scale cpu --bits 12 --out runs/x
-        [--steps 1 2] [--weights bvlc_alexnet.caffemodel] [--seed 1] [--epochs 40 40 | --iters I1 I2]
-        [--base-lr L1 L2] [--batch-triplets 32] [--snapshots 4] [--tqn beta=8 gamma=1]
+        [--method tqn|dsh|dnnh|dqn] [--steps 1 2] [--weights bvlc_alexnet.caffemodel] [--seed 1]
+        [--epochs 40 40 | --iters I1 I2] [--base-lr L1 L2] [--batch-triplets 32] [--snapshots 4]
+        [--tqn beta=8 gamma=1]
+
+The one-step methods (DSH, DNNH, DQN) train for the iterations of TQN's two steps together (the
+same budget, `--epochs`/`--iters` still name TQN's two steps) at the step-1 learning rate, into
+the run folder's step1_* files; DSH and DQN read the data set's shuffled.txt (random batches),
+DNNH and TQN its triplets.txt.
 
 Step 1 trains with TripletLoss (from --weights, or from scratch); step 2 fine-tunes with
 TripletQuantizationLoss from step 1's final weights (SolverParameter.weights) and continues the
@@ -79,6 +85,7 @@ def latest_state(run, step, iters):
 def plan(args, manifest):
     """Every parameter of both steps, as recorded in params.json."""
     cfg = D.config(args.dataset, args.scale)
+    method = D.method(args.method)
     if args.bits not in cfg["bits"] and not args.allow_any_bits:
         raise TrainError(f"{args.dataset}/{args.scale} is configured for {cfg['bits']} bits "
                          f"(Table I); pass --allow-any-bits to train {args.bits}")
@@ -90,12 +97,21 @@ def plan(args, manifest):
         iters = [G.iterations(e, n_train, bs) for e in args.epochs]
     lrs = list(args.base_lr) if args.base_lr else list(cfg["base_lr"])
     tqn = dict(G._tqn_param(args.dataset, args.scale, args.bits), **args.tqn)
-    return dict(dataset=args.dataset, scale=args.scale, bits=args.bits, data=os.path.abspath(args.data),
+    if args.method != "tqn":
+        if args.tqn:
+            raise TrainError(f"--tqn applies to method tqn, not {args.method}")
+        iters, lrs, tqn = [sum(iters)], lrs[:1], None
+        if method["batches"] == "shuffled" and "shuffled" not in manifest:
+            raise TrainError(f"{args.data} has no shuffled.txt (the pairwise batches of "
+                             f"{args.method}); rebuild it with this version of data_prep.build")
+    return dict(method=args.method, dataset=args.dataset, scale=args.scale, bits=args.bits,
+                data=os.path.abspath(args.data),
                 protocol=manifest.get("protocol"), data_seed=manifest.get("seed"),
                 triplet_seed=manifest.get("triplets", {}).get("seed"), train_size=n_train,
                 batch_triplets=bs, iterations=iters, base_lr=lrs,
                 solver_seeds=[args.seed, args.seed + 1], weights=args.weights,
-                first_triplet=[0, iters[0] * bs], margin=D.PAPER_TRAINING["margin"], tqn=tqn,
+                first_triplet=[0, iters[0] * bs][:len(iters)], margin=D.PAPER_TRAINING["margin"],
+                tqn=tqn, method_parameters=None if args.method == "tqn" else method,
                 momentum=D.PAPER_TRAINING["momentum"], weight_decay=D.PAPER_TRAINING["weight_decay"],
                 lr_policy=D.PAPER_TRAINING["lr_policy"], snapshots=args.snapshots)
 
@@ -104,9 +120,12 @@ def step_files(run, p, step, first_triplet):
     """Writes step<k>_net.prototxt and step<k>_solver.prototxt for plan `p`."""
     data = p["data"]
     mean = os.path.join(data, "mean.binaryproto")
+    method = p.get("method", "tqn")
+    lists = "shuffled.txt" if D.method(method)["batches"] == "shuffled" else "triplets.txt"
     net = G.train_net(p["dataset"], p["scale"], p["bits"], step, os.path.join(data, "lmdb", "train"),
-                      os.path.join(data, "triplets.txt"),
-                      mean if os.path.exists(mean) else None, p["batch_triplets"], p["tqn"])
+                      os.path.join(data, lists), mean if os.path.exists(mean) else None,
+                      p["batch_triplets"], p["tqn"], method=method, train_rows=p["train_size"],
+                      total_iters=p["iterations"][step - 1])
     net = net.replace(f"batch_size: {p['batch_triplets']}\n",
                       f"batch_size: {p['batch_triplets']}\n    first_triplet: {first_triplet}\n", 1)
     net_path = os.path.join(run, f"step{step}_net.prototxt")
@@ -168,7 +187,8 @@ def train(args):
         with open(params_path) as f:
             record["steps"] = json.load(f).get("steps", {})
     caffe = caffe_binary()
-    for step in args.steps:
+    steps = args.steps if args.method == "tqn" else [1]
+    for step in steps:
         iters = p["iterations"][step - 1]
         done = final_model(run, step, iters)
         if os.path.exists(done):
@@ -182,10 +202,13 @@ def train(args):
         first = p["first_triplet"][step - 1] + resumed * p["batch_triplets"]
         solver_path = step_files(run, p, step, first)
         cmd = [caffe, "train", f"-solver={solver_path}"]  # Ctrl-C: snapshot, then stop
+        if args.gpu:
+            cmd.append(f"-gpu={args.gpu}")  # overrides the solvers' solver_mode: CPU
         if state:
             cmd.append(f"-snapshot={state[1]}")
             print(f"step {step}: resuming from iteration {resumed} ({os.path.relpath(state[1])})")
-        print(f"step {step}: {D.STEPS[step]['loss']}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
+        what = D.STEPS[step]["loss"] if args.method == "tqn" else args.method.upper()
+        print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
         seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
                             f"step {step}", args.quiet)
@@ -213,7 +236,10 @@ def build_parser():
     ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
     ap.add_argument("--bits", type=int, required=True)
     ap.add_argument("--out", required=True, help="the run folder")
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    ap.add_argument("--method", default="tqn", choices=sorted(D.METHODS),
+                    help="tqn (steps 1 and 2; step 1 alone is triplet-only), dsh, dnnh or dqn")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], choices=[1, 2],
+                    help="TQN's steps to run (the other methods have one)")
     ap.add_argument("--weights", help="initial weights of step 1 (e.g. ImageNet bvlc_alexnet.caffemodel)")
     ap.add_argument("--seed", type=int, default=1, help="Caffe's random_seed of step 1 (step 2: +1)")
     ap.add_argument("--epochs", type=int, nargs=2, default=list(D.PAPER_TRAINING["epochs"]))
@@ -224,6 +250,7 @@ def build_parser():
     ap.add_argument("--tqn", nargs="*", type=str, default=[], help="TQN overrides, e.g. beta=1")
     ap.add_argument("--allow-any-bits", action="store_true")
     ap.add_argument("--force", action="store_true", help="train over a run with other parameters")
+    ap.add_argument("--gpu", help="GPU id(s), passed to caffe train -gpu (a CUDA build is needed)")
     ap.add_argument("--quiet", action="store_true")
     return ap
 

@@ -1,0 +1,351 @@
+"""Replication of the TQN paper's CIFAR-10 artefacts: Table II, Table III, Fig. 1-2.
+
+    python -m tools.replicate all --scale cpu --archive cifar-10-binary.tar.gz \
+        --out bench/results/replication-cpu
+    python -m tools.replicate table3 --scale paper --archive cifar-10-binary.tar.gz \
+        --weights bvlc_alexnet.caffemodel --out runs/replication-paper
+
+ARTEFACT is table2 (every method x 12/24/48 bits, binary and real-valued mAP), table3 (RF vs BC,
+triplet vs TQN), figures (Fig. 1-2: both steps' loss curves, with the other loss monitored) or
+all. Every method trains once per code length on the official 50,000 training images and is
+evaluated under both protocols, which share that training set and the 10,000 test queries:
+`cifar10-2` (database = the training images) and `dsh` (database = the queries, each left out of
+its own ranking). The `dsh` blobs are the `cifar10-2` query blobs against themselves, so each
+model is extracted once.
+
+--scale cpu: the CPU-scale net (cifar_quick) with a fixed iteration budget (`--iters` of TQN's two
+steps; DSH, DNNH and DQN train for their sum), every method starting from one shared classification
+warm start of the backbone (`--warm-start-iters`, tools/warm_start.py; 0 = from scratch, where the
+paper's settings collapse). --scale paper: AlexNet on 227 crops of 256x256 images with `--weights`
+(ImageNet) and the paper's 40 + 40 epochs, for users with a GPU (`--gpu 0`, passed to
+`caffe train -gpu`).
+
+Writes OUT/results/: table2_<protocol>.md/.csv, table3_<protocol>.md/.csv, fig1_step1_losses.png,
+fig2_step2_losses.png, summary.json (every seed, parameter, wall time), logs/ (Caffe's logs).
+Models, LMDBs and blobs stay in --work (default OUT/work/; never commit them). A rerun skips every finished
+training, extraction and evaluation; an interrupted training resumes from its last snapshot.
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+
+from prototxt import description as D
+from tools import baselines as B
+from tools import compare
+from tools import evaluate as E
+from tools import extract as X
+from tools import main_job
+from tools import metrics as M
+from tools import train as T
+from tools import warm_start as W
+
+PROTOCOLS = ("dsh", "cifar10-2")   # share the official training set and the test queries
+DEEP = ("triplet", "tqn", "dsh", "dnnh", "dqn")
+CLASSICAL = ("itq", "lsh")
+NEEDS = {"table2": DEEP + CLASSICAL, "table3": ("triplet", "tqn"), "figures": ("triplet", "tqn")}
+NEEDS["all"] = NEEDS["table2"]
+SCALES = {
+    # OURS: a budget that fits ~2 hours on 2 CPU cores for everything (see README).
+    "cpu": dict(iters=(600, 300), warm_start_iters=1000, data_args=[]),
+    # PAPER: 40 + 40 epochs, ImageNet weights, 256x256 images cropped to 227.
+    "paper": dict(iters=None, warm_start_iters=0, data_args=["--resize", "256x256"]),
+}
+
+
+def say(text):
+    print(f"[replicate] {text}", flush=True)
+
+
+def prepare_data(args, work):
+    """The cifar10-2 data folder (LMDBs) and the dsh split lists; checks they share the training
+    set and the query set, row for row."""
+    from data_prep import build
+    folders = {}
+    for protocol in PROTOCOLS:
+        folder = os.path.join(work, "data", protocol)
+        argv = ["--dataset", "cifar10", "--archive", args.archive, "--protocol", protocol,
+                "--out", folder, "--seed", str(args.data_seed),
+                "--epochs", str(max(1, args.triplet_epochs))] + SCALES[args.scale]["data_args"]
+        if protocol == "dsh":
+            argv.append("--splits-only")
+        if build.main(argv) != 0:
+            raise T.TrainError(f"data_prep.build failed for protocol {protocol}")
+        folders[protocol] = folder
+    for name in ("train", "query"):
+        lists = [open(os.path.join(folders[p], "splits", p, f"{name}.txt")).read() for p in PROTOCOLS]
+        if lists[0] != lists[1]:
+            raise T.TrainError(f"the {name} lists of protocols {PROTOCOLS} differ; the shared "
+                               f"training and extraction assume they are equal")
+    return folders
+
+
+def job_args(args, scale_cfg):
+    """The Namespace main_job.run_method reads (one-step methods)."""
+    iters = args.iters or scale_cfg["iters"]
+    return argparse.Namespace(dataset="cifar10", scale=args.scale, seed=args.seed, batch_triplets=32,
+                              epochs=list(D.PAPER_TRAINING["epochs"]), iters=list(iters) if iters else None,
+                              weights=args.start_weights, quiet=args.quiet)
+
+
+def train_tqn(args, data, bits, run, steps):
+    targv = ["--data", data, "--dataset", "cifar10", "--scale", args.scale, "--bits", str(bits),
+             "--out", run, "--seed", str(args.seed), "--steps", *map(str, steps)]
+    iters = args.iters or SCALES[args.scale]["iters"]
+    targv += ["--iters", *map(str, iters)] if iters else []
+    targv += ["--weights", args.start_weights] if args.start_weights else []
+    targv += ["--quiet"] if args.quiet else []
+    targv += ["--gpu", args.gpu] if args.gpu else []
+    targs = T.build_parser().parse_args(targv)
+    targs.tqn = T.parse_tqn(args.tqn)
+    return T.train(targs)
+
+
+def models_of(args, data, bits, methods):
+    """Trains what `methods` need at `bits`; {label: (method, model path, run folder, seconds)}."""
+    out = {}
+    root = os.path.join(args.work, "runs", f"{bits}bits")
+    if "triplet" in methods or "tqn" in methods:
+        run = os.path.join(root, "tqn")
+        steps = [1, 2] if "tqn" in methods else [1]
+        say(f"{bits} bits: TQN steps {steps} -> {run}")
+        record = train_tqn(args, data, bits, run, steps)
+        its = record["plan"]["iterations"]
+        secs = [record["steps"].get(str(s), {}).get("seconds") for s in (1, 2)]
+        out["triplet"] = ("tqn", T.final_model(run, 1, its[0]), run, secs[0])
+        if "tqn" in methods:
+            out["tqn"] = ("tqn", T.final_model(run, 2, its[1]), run, (secs[0] or 0) + (secs[1] or 0))
+    job = job_args(args, SCALES[args.scale])
+    for method in ("dsh", "dnnh", "dqn"):
+        if method in methods:
+            run = os.path.join(root, method)
+            say(f"{bits} bits: {method.upper()} -> {run}")
+            targs = T.build_parser().parse_args(
+                ["--method", method, "--data", data, "--dataset", "cifar10", "--scale", args.scale,
+                 "--bits", str(bits), "--out", run, "--seed", str(args.seed)]
+                + (["--iters", *map(str, job.iters)] if job.iters else [])
+                + (["--weights", job.weights] if job.weights else []) + (["--quiet"] if args.quiet else [])
+                + (["--gpu", args.gpu] if args.gpu else []))
+            targs.tqn = {}
+            record = T.train(targs)
+            out[method] = (method, T.final_model(run, 1, record["plan"]["iterations"][0]), run,
+                           record["steps"]["1"]["seconds"])
+    return out
+
+
+def dsh_view(blobs_c2, folder):
+    """The dsh protocol's blobs from cifar10-2's: its queries against themselves."""
+    with open(os.path.join(blobs_c2, "meta.json")) as f:
+        meta = json.load(f)
+    meta_path = os.path.join(folder, "meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            if json.load(f).get("weights_sha256") == meta["weights_sha256"]:
+                return folder
+        shutil.rmtree(folder)
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    os.symlink(os.path.join(os.path.abspath(blobs_c2), "query"), os.path.join(tmp, "query"))
+    os.symlink("query", os.path.join(tmp, "database"))
+    if os.path.exists(os.path.join(blobs_c2, "codebooks.npy")):
+        shutil.copy(os.path.join(blobs_c2, "codebooks.npy"), tmp)
+    meta.update(protocol="dsh", database_is_query=True, derived_from=os.path.abspath(blobs_c2),
+                counts=dict(query=meta["counts"]["query"], database=meta["counts"]["query"]))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    os.rename(tmp, folder)
+    return folder
+
+
+def evaluate_cached(blobs, out):
+    """tools.evaluate, skipped when out/metrics.json is of these blobs."""
+    path = os.path.join(out, "metrics.json")
+    with open(os.path.join(blobs, "meta.json")) as f:
+        key = json.load(f)["weights_sha256"]
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("weights_sha256") == key:
+            return old
+    result = E.evaluate(blobs, num_classes=10)
+    result["weights_sha256"] = key
+    E._write(out, result)
+    return result
+
+
+def deep_row(label, method, bits, result, protocol, plan_iters, seconds, args):
+    b = result["binary"]
+    return dict(method={"triplet": "Triplet only", "tqn": "TQN"}.get(label, label.upper()),
+                features="learned (PQ, ADC)" if method == "dqn" else "learned", bits=bits,
+                map_tie_aware=b["map_tie_aware"], map_index_order=b["map_index_order"],
+                precision_radius2=b.get("precision_radius2"), real_map=result["real"]["map"],
+                protocol=protocol, net=D.config("cifar10", args.scale)["backbone"],
+                iterations=plan_iters, seeds=f"data {args.data_seed}, solver {args.seed}"
+                + (f"+{args.seed + 1}" if label == "tqn" else ""),
+                wall_seconds=seconds, source="measured", warnings=len(result["collapse_warnings"]),
+                code_health=json.dumps({k: result["code_health"][k] for k in
+                                        ("distinct_codes", "mean_entropy", "top1_share")
+                                        if k in result["code_health"]}))
+
+
+def classical(args, blobs, bits, protocol, methods):
+    """ITQ/LSH fitted on the triplet (step-1) net's features of the training set (cifar10-2's
+    database), applied to this protocol's queries and database."""
+    _, train = X.load_blobs(blobs["cifar10-2"], arrays=("features", "labels"))
+    _, sets = X.load_blobs(blobs[protocol], arrays=("features", "labels"))
+    same = protocol == "dsh"
+    rows = []
+    for method in methods:
+        start = time.perf_counter()
+        qb, dbb, info = B.run_baseline(method, bits, train["database"]["features"],
+                                       train["database"]["labels"], sets["query"]["features"],
+                                       sets["database"]["features"], seed=args.seed)
+        m = M.evaluate_codes(qb, sets["query"]["labels"], dbb, sets["database"]["labels"], bits,
+                             exclude_self=same, radii=(2,))
+        rows.append(dict(method=method.upper(), features=f"triplet net's features ({bits} dims)",
+                         bits=bits, map_tie_aware=m["map_tie_aware"], map_index_order=m["map_index_order"],
+                         precision_radius2=m["precision_radius2"], real_map=None, protocol=protocol,
+                         net="(on the triplet net's features)", iterations=str(info.get("iterations", "")),
+                         seeds=f"hashing {args.seed}", wall_seconds=round(time.perf_counter() - start, 1),
+                         source="measured", warnings=0, code_health=""))
+    return rows
+
+
+def write_table(rows, path_md, title, bits_list, note=""):
+    text = compare.markdown(rows, bits_list, title)
+    real = [r for r in rows if r.get("real_map") is not None]
+    if real:
+        text += "\n| real-valued mAP (Euclidean) | " + " | ".join(f"{b} bits" for b in bits_list) + " |\n"
+        text += "|---|" + "---|" * len(bits_list) + "\n"
+        for name in dict.fromkeys(r["method"] for r in real):
+            cells = [next((f"{r['real_map']:.3f}" for r in real if r["method"] == name and r["bits"] == b), "–")
+                     for b in bits_list]
+            text += f"| {name} | " + " | ".join(cells) + " |\n"
+    text += note
+    T.write_atomic(path_md, text)
+    with open(path_md[:-3] + ".csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(path_md[:-3] + ".csv.tmp", path_md[:-3] + ".csv")
+    return text
+
+
+def run(args):
+    start = time.monotonic()
+    methods = NEEDS[args.artefact]
+    scale_cfg = SCALES[args.scale]
+    args.work = os.path.abspath(args.work or os.path.join(args.out, "work"))
+    results = os.path.join(os.path.abspath(args.out), "results")
+    os.makedirs(results, exist_ok=True)
+    if args.scale == "paper" and not args.weights:
+        raise T.TrainError("--scale paper needs --weights (ImageNet-pretrained AlexNet, "
+                           "bvlc_alexnet.caffemodel)")
+    iters = args.iters or scale_cfg["iters"]
+    # Enough triplets for both steps (the lists wrap around otherwise); paper scale: its epochs.
+    args.triplet_epochs = (-(-sum(iters) * 32 // 50000) if iters else sum(D.PAPER_TRAINING["epochs"]))
+    folders = prepare_data(args, args.work)
+    data = folders["cifar10-2"]
+    args.start_weights = args.weights
+    warm = args.warm_start_iters if args.warm_start_iters is not None else scale_cfg["warm_start_iters"]
+    if warm:
+        say(f"warm start: {warm} iterations")
+        args.start_weights = W.warm_start(data, "cifar10", args.scale, warm,
+                                          os.path.join(args.work, "warm_start"), seed=args.seed,
+                                          quiet=args.quiet)
+    rows = {p: [] for p in PROTOCOLS}
+    evals = {p: {} for p in PROTOCOLS}
+    runs = {}
+    for bits in args.bits:
+        models = models_of(args, data, bits, methods)
+        runs[bits] = os.path.join(args.work, "runs", f"{bits}bits", "tqn")
+        for label, (method, model, run_dir, seconds) in models.items():
+            blobs = {"cifar10-2": os.path.join(args.work, "blobs", f"{bits}bits", label, "cifar10-2")}
+            X.extract(data, "cifar10", args.scale, bits, model, blobs["cifar10-2"], method=method)
+            blobs["dsh"] = dsh_view(blobs["cifar10-2"],
+                                    os.path.join(args.work, "blobs", f"{bits}bits", label, "dsh"))
+            with open(os.path.join(run_dir, "params.json")) as f:
+                plan = json.load(f)["plan"]
+            its = "+".join(map(str, plan["iterations"][:1 if label == "triplet" else 2]))
+            for p in PROTOCOLS:
+                result = evaluate_cached(blobs[p], os.path.join(args.work, "eval", p, f"{bits}bits", label))
+                evals[p].setdefault(bits, {})[label] = result
+                rows[p].append(deep_row(label, method, bits, result, p, its, seconds, args))
+                say(f"{bits} bits, {label}, protocol {p}: BC mAP {result['binary']['map_tie_aware']:.4f}, "
+                    f"RF mAP {result['real']['map']:.4f}")
+            if label == "triplet" and any(m in methods for m in CLASSICAL):
+                for p in PROTOCOLS:
+                    rows[p] += classical(args, blobs, bits, p, [m for m in CLASSICAL if m in methods])
+    summary = dict(artefact=args.artefact, scale=args.scale, bits=args.bits, iterations=iters,
+                   warm_start_iterations=warm, weights=args.weights, data_seed=args.data_seed,
+                   solver_seed=args.seed, tqn_overrides=T.parse_tqn(args.tqn), protocols=list(PROTOCOLS),
+                   seconds=None, tables={})
+    setting = (f"warm start {warm} iterations, " if warm else "from scratch, ") + \
+        (f"TQN {iters[0]}+{iters[1]} iterations, others {sum(iters)}" if iters else "the paper's epochs")
+    for p in PROTOCOLS:
+        title = f"CIFAR-10 / {args.scale} scale / protocol {p} / {setting}: mAP"
+        if args.artefact in ("table2", "all"):
+            cited = compare.cited_rows(args.bits)
+            for r in cited:
+                r.update(real_map=None, code_health="")
+            write_table(rows[p] + cited, os.path.join(results, f"table2_{p}.md"), title, args.bits)
+            summary["tables"][f"table2_{p}"] = rows[p]
+        if args.artefact in ("table3", "all"):
+            res = {b: {1: evals[p][b]["triplet"], 2: evals[p][b]["tqn"]} for b in args.bits}
+            md, csv_rows = main_job.table3(res, args.bits, "cifar10", p)
+            T.write_atomic(os.path.join(results, f"table3_{p}.md"), f"# {title}\n\n{md}\n")
+            with open(os.path.join(results, f"table3_{p}.csv"), "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+                w.writeheader()
+                w.writerows(csv_rows)
+            summary["tables"][f"table3_{p}"] = csv_rows
+    if args.artefact in ("figures", "all", "table3"):
+        main_job.plots(runs, results, f"CIFAR-10 / {args.scale} / {setting}")
+    logs = os.path.join(results, "logs")
+    os.makedirs(logs, exist_ok=True)
+    for root, _, files in os.walk(args.work):
+        for name in files:
+            if name.endswith(".log") and "logs" in root:
+                rel = os.path.relpath(os.path.join(root, name), args.work).replace(os.sep, "__")
+                shutil.copy(os.path.join(root, name), os.path.join(logs, rel))
+    summary["seconds"] = round(time.monotonic() - start, 1)
+    T.write_atomic(os.path.join(results, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    say(f"done in {summary['seconds']:.0f} s (this invocation); results in {results}")
+    for name in sorted(os.listdir(results)):
+        if name.endswith(".md"):
+            print(open(os.path.join(results, name)).read())
+    return summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artefact", choices=sorted(NEEDS))
+    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--archive", required=True, help="cifar-10-binary.tar.gz or cifar-10-python.tar.gz")
+    ap.add_argument("--bits", type=int, nargs="+", default=[12, 24, 48])
+    ap.add_argument("--iters", type=int, nargs=2, help="TQN's two steps (the others train their sum)")
+    ap.add_argument("--warm-start-iters", type=int,
+                    help="classification warm start of the backbone (cpu default 1000; 0: none)")
+    ap.add_argument("--weights", help="initial weights (paper scale: ImageNet AlexNet)")
+    ap.add_argument("--tqn", nargs="*", default=[], help="TQN overrides, e.g. beta=1 (default: paper)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="results go to OUT/results")
+    ap.add_argument("--work", help="models, LMDBs and blobs (default OUT/work; keep it out of git)")
+    ap.add_argument("--gpu", help="GPU id(s) for caffe train -gpu (the paper scale needs one)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        run(args)
+        return 0
+    except (T.TrainError, X.ExtractError, KeyError, ValueError) as e:
+        print(f"replicate: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
