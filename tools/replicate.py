@@ -238,6 +238,8 @@ def write_table(rows, path_md, title, bits_list, note=""):
 def run(args):
     start = time.monotonic()
     methods = NEEDS[args.artefact]
+    if args.methods:  # e.g. to train some methods in a second process; rerun without to tabulate
+        methods = tuple(m for m in methods if m in args.methods)
     scale_cfg = SCALES[args.scale]
     args.work = os.path.abspath(args.work or os.path.join(args.out, "work"))
     results = os.path.join(os.path.abspath(args.out), "results")
@@ -294,7 +296,7 @@ def run(args):
                 r.update(real_map=None, code_health="")
             write_table(rows[p] + cited, os.path.join(results, f"table2_{p}.md"), title, args.bits)
             summary["tables"][f"table2_{p}"] = rows[p]
-        if args.artefact in ("table3", "all"):
+        if args.artefact in ("table3", "all") and {"triplet", "tqn"} <= set(methods):
             res = {b: {1: evals[p][b]["triplet"], 2: evals[p][b]["tqn"]} for b in args.bits}
             md, csv_rows = main_job.table3(res, args.bits, "cifar10", p)
             T.write_atomic(os.path.join(results, f"table3_{p}.md"), f"# {title}\n\n{md}\n")
@@ -303,7 +305,7 @@ def run(args):
                 w.writeheader()
                 w.writerows(csv_rows)
             summary["tables"][f"table3_{p}"] = csv_rows
-    if args.artefact in ("figures", "all", "table3"):
+    if args.artefact in ("figures", "all", "table3") and "tqn" in methods:
         main_job.plots(runs, results, f"CIFAR-10 / {args.scale} / {setting}")
     logs = os.path.join(results, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -332,6 +334,8 @@ def main(argv=None):
                     help="classification warm start of the backbone (cpu default 1000; 0: none)")
     ap.add_argument("--weights", help="initial weights (paper scale: ImageNet AlexNet)")
     ap.add_argument("--tqn", nargs="*", default=[], help="TQN overrides, e.g. beta=1 (default: paper)")
+    ap.add_argument("--methods", nargs="+", choices=DEEP + CLASSICAL,
+                    help="only these of the artefact's methods (the tables then hold only them)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="results go to OUT/results")

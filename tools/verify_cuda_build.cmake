@@ -1,6 +1,6 @@
 # cmake -DLIBRARY=.../libcaffe.so -P tools/verify_cuda_build.cmake
 # Fails unless the library is a CUDA build holding this project's kernels: it must need the
-# CUDA runtime, cuBLAS and cuRAND, and contain the triplet losses' device code.
+# CUDA runtime, cuBLAS and cuRAND, and contain the device code of every layer of layers/.
 execute_process(COMMAND readelf -d "${LIBRARY}" OUTPUT_VARIABLE _dynamic RESULT_VARIABLE _rc)
 if(NOT _rc EQUAL 0)
   message(FATAL_ERROR "cannot read ${LIBRARY}")
@@ -12,9 +12,11 @@ foreach(_lib cudart cublas curand)
   endif()
 endforeach()
 execute_process(COMMAND nm -C "${LIBRARY}" OUTPUT_VARIABLE _symbols)
-foreach(_kernel TQNForward TQNBackward TripletLossForward TripletLossBackward)
+foreach(_kernel TQNForward TQNBackward TripletLossForward TripletLossBackward
+                DSHLossForward DSHLossBackward PiecewiseThresholdForward
+                PiecewiseThresholdBackward PairwiseCosineBackward PQAssign PQBackwardBottom)
   if(NOT _symbols MATCHES "${_kernel}")
     message(FATAL_ERROR "${LIBRARY} holds no ${_kernel} kernel: the layers' .cu files were not compiled")
   endif()
 endforeach()
-message(STATUS "CUDA build verified: ${LIBRARY} links cudart, cuBLAS, cuRAND and holds the triplet loss kernels")
+message(STATUS "CUDA build verified: ${LIBRARY} links cudart, cuBLAS, cuRAND and holds the layers' kernels")
