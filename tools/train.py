@@ -111,7 +111,9 @@ def plan(args, manifest):
                 batch_triplets=bs, iterations=iters, base_lr=lrs,
                 solver_seeds=[args.seed, args.seed + 1], weights=args.weights,
                 first_triplet=[0, iters[0] * bs][:len(iters)], margin=D.PAPER_TRAINING["margin"],
-                tqn=tqn, method_parameters=None if args.method == "tqn" else method,
+                tqn=tqn,
+                # as JSON gives it back (tuples -> lists), so a rerun's plan compares equal
+                method_parameters=None if args.method == "tqn" else json.loads(json.dumps(method)),
                 momentum=D.PAPER_TRAINING["momentum"], weight_decay=D.PAPER_TRAINING["weight_decay"],
                 lr_policy=D.PAPER_TRAINING["lr_policy"], snapshots=args.snapshots)
 
