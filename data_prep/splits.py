@@ -30,7 +30,7 @@ from .atomic import sha256_file, write_json, write_text
 from .errors import DataPrepError
 
 PROTOCOLS = {
-    'cifar10': ('paper', 'dsh', 'cifar10-2', 'cifar10-1'),
+    'cifar10': ('paper', 'dsh', 'cifar10-2', 'cifar10-1', 'cifar10-holdout'),
     'inshop': ('inshop', 'inshop-paper'),
     'digits': ('digits',),
     'images': ('stratified',),
@@ -122,6 +122,16 @@ def make_split(dataset, protocol=None, seed=0, query_share=0.2, singletons='erro
         database = query if protocol == 'dsh' else train
         notes.append('official train / test; ' + ('query = database = test' if protocol == 'dsh'
                                                   else 'query = test, database = train'))
+    elif protocol == 'cifar10-holdout':
+        # For choices (model selection) only: never touches the official test set.
+        part = _need_partition(dataset, ('train', 'test'), protocol)
+        official = np.flatnonzero(part == 'train')
+        sub = labels[official]
+        query_local, rest_local = _per_class_draw(sub, rng, (100, 400), dataset.source, protocol)
+        query, database = official[query_local], official[rest_local]
+        train = np.setdiff1d(official, np.concatenate([query, database]))
+        notes.append('official train only: 500 a class held out (query 100 a class, database 400 a '
+                     'class), train = the other 45,000; for choosing settings without the test set')
     elif protocol == 'cifar10-1':
         _need_partition(dataset, ('train', 'test'), protocol)
         query, train = _per_class_draw(labels, rng, (100, 500), dataset.source, protocol)

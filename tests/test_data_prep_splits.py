@@ -54,6 +54,17 @@ def test_cifar_dsh_and_cifar10_2(cifar):
     assert s2.database_is_train and len(s2.database) == 50000
 
 
+def test_cifar10_holdout_never_touches_the_test_set(cifar):
+    s = make_split(cifar, 'cifar10-holdout', seed=0)
+    official_train = np.flatnonzero(cifar.partition == 'train')
+    assert _per_class(cifar, s.query) == [100] * 10 and _per_class(cifar, s.database) == [400] * 10
+    assert len(s.train) == 45000
+    held = np.concatenate([s.query, s.database, s.train])
+    assert np.array_equal(np.sort(held), official_train)                   # a partition of train
+    assert not s.database_is_train and not s.database_is_query
+    assert not np.array_equal(make_split(cifar, 'cifar10-holdout', seed=1).query, s.query)
+
+
 def test_cifar10_1(cifar):
     s = make_split(cifar, 'cifar10-1', seed=0)
     assert _per_class(cifar, s.query) == [100] * 10 and _per_class(cifar, s.train) == [500] * 10

@@ -41,7 +41,7 @@ def test_results_folder(replicated):
     assert summary["iterations"] == [4, 2] and summary["warm_start_iterations"] == 3
     assert summary["solver_seed"] == 1 and summary["data_seed"] == 0
     methods = {r["method"] for r in summary["tables"]["table2_dsh"]}
-    assert methods == {"Triplet only", "TQN", "DSH", "DNNH", "DQN", "ITQ", "LSH"}
+    assert methods == {"Triplet only", "TQN (paper's settings)", "DSH", "DNNH", "DQN", "ITQ", "LSH"}
     table = (results / "table2_cifar10-2.md").read_text()
     assert "cited: TQN paper, Table II" in table and "real-valued mAP" in table
     assert any(f.endswith("step1.log") for f in os.listdir(results / "logs"))
@@ -68,7 +68,7 @@ def test_dsh_protocol_is_the_queries_against_themselves(replicated):
     q = c2["query"]
     direct = M.evaluate_codes(q["codes"], q["labels"], q["codes"], q["labels"], 12, exclude_self=True)
     summary = json.loads((root / "out" / "results" / "summary.json").read_text())
-    row = next(r for r in summary["tables"]["table2_dsh"] if r["method"] == "TQN")
+    row = next(r for r in summary["tables"]["table2_dsh"] if r["method"].startswith("TQN"))
     assert row["map_tie_aware"] == pytest.approx(direct["map_tie_aware"])
     assert len(sets["database"]["labels"]) == 20
 
@@ -87,3 +87,18 @@ def test_rerun_redoes_nothing(replicated, capsys):
 def test_paper_scale_needs_weights(tmp_path, capsys):
     assert R.main(["table3", "--scale", "paper", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 1
     assert "--scale paper needs --weights" in capsys.readouterr().err
+
+
+def test_step2_variant_reuses_the_step1_model(replicated, tmp_path):
+    import argparse
+    root, _ = replicated
+    work = root / "out" / "work"
+    args = argparse.Namespace(iters=[4, 2], scale="cpu", seed=1, quiet=True, start_weights=None)
+    run = tmp_path / "variant"
+    model, record = R._step2_variant(args, str(work / "data" / "cifar10-2"), 12,
+                                     str(work / "runs" / "12bits" / "tqn"), str(run),
+                                     R.STUDY_VARIANTS["beta=1"])
+    assert os.path.islink(run / "step1_iter_4.caffemodel")           # step 1 is not retrained
+    assert os.path.exists(model) and list(record["steps"]) == ["2"]
+    assert record["plan"]["tqn"]["beta"] == 1 and record["plan"]["tqn"]["gamma"] == 1
+    assert "beta: 1.0" in (run / "step2_net.prototxt").read_text()

@@ -6,8 +6,11 @@
         --weights bvlc_alexnet.caffemodel --out runs/replication-paper
 
 ARTEFACT is table2 (every method x 12/24/48 bits, binary and real-valued mAP), table3 (RF vs BC,
-triplet vs TQN), figures (Fig. 1-2: both steps' loss curves, with the other loss monitored) or
-all. Every method trains once per code length on the official 50,000 training images and is
+triplet vs TQN), figures (Fig. 1-2: both steps' loss curves, with the other loss monitored),
+all, or study: TQN's step-2 settings (the paper's and the changes in STUDY_VARIANTS) compared on
+held-out training data (protocol cifar10-holdout, never the test set); when OUT/results/study.json
+chose another setting than the paper's, table2/table3/all add "TQN (held-out choice)" rows
+(step 2 only, from the same step-1 model) beside the paper-exact ones. Every method trains once per code length on the official 50,000 training images and is
 evaluated under both protocols, which share that training set and the 10,000 test queries:
 `cifar10-2` (database = the training images) and `dsh` (database = the queries, each left out of
 its own ranking). The `dsh` blobs are the `cifar10-2` query blobs against themselves, so each
@@ -48,6 +51,7 @@ DEEP = ("triplet", "tqn", "dsh", "dnnh", "dqn")
 CLASSICAL = ("itq", "lsh")
 NEEDS = {"table2": DEEP + CLASSICAL, "table3": ("triplet", "tqn"), "figures": ("triplet", "tqn")}
 NEEDS["all"] = NEEDS["table2"]
+NEEDS["study"] = ("tqn",)
 SCALES = {
     # OURS: a budget that fits ~2 hours on 2 CPU cores for everything (see README).
     "cpu": dict(iters=(600, 300), warm_start_iters=1000, data_args=[]),
@@ -179,7 +183,8 @@ def evaluate_cached(blobs, out):
 
 def deep_row(label, method, bits, result, protocol, plan_iters, seconds, args):
     b = result["binary"]
-    return dict(method={"triplet": "Triplet only", "tqn": "TQN"}.get(label, label.upper()),
+    return dict(method={"triplet": "Triplet only", "tqn": "TQN (paper's settings)",
+                        "tqn-recommended": f"TQN ({args.recommended_label})"}.get(label, label.upper()),
                 features="learned (PQ, ADC)" if method == "dqn" else "learned", bits=bits,
                 map_tie_aware=b["map_tie_aware"], map_index_order=b["map_index_order"],
                 precision_radius2=b.get("precision_radius2"), real_map=result["real"]["map"],
@@ -235,6 +240,91 @@ def write_table(rows, path_md, title, bits_list, note=""):
     return text
 
 
+# Step-2 settings tried on held-out training data (protocol cifar10-holdout) by `study`: the
+# paper's, and one change each (OURS). The best by held-out binary mAP becomes "recommended".
+STUDY_VARIANTS = {
+    "paper": dict(tqn={}, step2_lr=None),
+    "beta=1": dict(tqn={"beta": 1.0}, step2_lr=None),
+    "step2 lr/10": dict(tqn={}, step2_lr=1e-5),
+}
+
+
+def _step2_variant(args, data, bits, step1_run, run, variant):
+    """TQN step 2 with a study variant, from `step1_run`'s step-1 model (linked, not retrained)."""
+    iters = list(args.iters or SCALES[args.scale]["iters"])
+    os.makedirs(run, exist_ok=True)
+    src = T.final_model(step1_run, 1, iters[0])
+    link = T.final_model(run, 1, iters[0])
+    if not os.path.exists(link):
+        os.symlink(src, link)
+    cfg = D.config("cifar10", args.scale)
+    lr2 = variant["step2_lr"] if variant["step2_lr"] is not None else cfg["base_lr"][1]
+    targv = ["--data", data, "--dataset", "cifar10", "--scale", args.scale, "--bits", str(bits),
+             "--out", run, "--seed", str(args.seed), "--steps", "2", "--iters", *map(str, iters),
+             "--base-lr", str(cfg["base_lr"][0]), str(lr2)]
+    targv += ["--weights", args.start_weights] if args.start_weights else []
+    targv += ["--quiet"] if args.quiet else []
+    targs = T.build_parser().parse_args(targv)
+    targs.tqn = dict(variant["tqn"])
+    record = T.train(targs)
+    return T.final_model(run, 2, iters[1]), record
+
+
+def study(args, results):
+    """Chooses TQN's step-2 setting on held-out training data: the 45,000/5,000 split of the
+    official training set (never the test set), its own warm start and step 1, then each
+    variant's step 2; the best held-out binary mAP (tie-aware) is the recommendation."""
+    from data_prep import build
+    data = os.path.join(args.work, "data", "cifar10-holdout")
+    if build.main(["--dataset", "cifar10", "--archive", args.archive, "--protocol", "cifar10-holdout",
+                   "--out", data, "--seed", str(args.data_seed),
+                   "--epochs", str(max(1, args.triplet_epochs))] + SCALES[args.scale]["data_args"]) != 0:
+        raise T.TrainError("data_prep.build failed for protocol cifar10-holdout")
+    root = os.path.join(args.work, "study")
+    args.start_weights = args.weights
+    warm = args.warm_start_iters if args.warm_start_iters is not None else SCALES[args.scale]["warm_start_iters"]
+    if warm:
+        args.start_weights = W.warm_start(data, "cifar10", args.scale, warm, os.path.join(root, "warm_start"),
+                                          seed=args.seed, quiet=args.quiet)
+    out = {}
+    for bits in args.study_bits:
+        step1 = os.path.join(root, f"{bits}bits", "step1")
+        say(f"study, {bits} bits: step 1 on the 45,000 held-in images -> {step1}")
+        train_tqn(args, data, bits, step1, [1])
+        for name, variant in STUDY_VARIANTS.items():
+            run = os.path.join(root, f"{bits}bits", name.replace(" ", "_").replace("/", "_"))
+            say(f"study, {bits} bits: step 2, {name}")
+            model, _ = _step2_variant(args, data, bits, step1, run, variant)
+            blobs = os.path.join(run, "blobs")
+            X.extract(data, "cifar10", args.scale, bits, model, blobs)
+            r = evaluate_cached(blobs, os.path.join(run, "eval"))
+            out.setdefault(name, {})[bits] = dict(
+                bc_map=r["binary"]["map_tie_aware"], bc_map_index_order=r["binary"]["map_index_order"],
+                rf_map=r["real"]["map"], warnings=r["collapse_warnings"],
+                code_health={k: r["code_health"][k] for k in ("distinct_codes", "mean_entropy", "top1_share")})
+            say(f"study, {bits} bits, {name}: held-out BC mAP {r['binary']['map_tie_aware']:.4f}, "
+                f"{r['code_health']['distinct_codes']} distinct codes")
+    best = max(out, key=lambda n: sum(out[n][b]["bc_map"] for b in args.study_bits))
+    lines = [f"# TQN step 2 settings on held-out training data (protocol cifar10-holdout: train 45,000; "
+             f"held-out queries 1,000 vs held-out database 4,000; never the test set)", "",
+             "| step-2 setting | " + " | ".join(f"{b} bits: BC mAP [index order] / RF mAP / distinct codes"
+                                             for b in args.study_bits) + " |",
+             "|---|" + "---|" * len(args.study_bits)]
+    for name in out:
+        cells = [f"{out[name][b]['bc_map']:.3f} [{out[name][b]['bc_map_index_order']:.3f}] / "
+                 f"{out[name][b]['rf_map']:.3f} / {out[name][b]['code_health']['distinct_codes']}"
+                 + (" ⚠" if out[name][b]["warnings"] else "") for b in args.study_bits]
+        lines.append(f"| {name}{' (chosen)' if name == best else ''} | " + " | ".join(cells) + " |")
+    lines += ["", f"Chosen by the sum of held-out BC mAP over the widths: **{best}**. ⚠: the code-health "
+              f"check warned (collapse)."]
+    T.write_atomic(os.path.join(results, "study.md"), "\n".join(lines) + "\n")
+    T.write_atomic(os.path.join(results, "study.json"),
+                   json.dumps(dict(variants={k: dict(tqn=v["tqn"], step2_lr=v["step2_lr"])
+                                             for k, v in STUDY_VARIANTS.items()},
+                                   results=out, chosen=best, bits=args.study_bits), indent=1) + "\n")
+    return best
+
+
 def run(args):
     start = time.monotonic()
     methods = NEEDS[args.artefact]
@@ -250,6 +340,11 @@ def run(args):
     iters = args.iters or scale_cfg["iters"]
     # Enough triplets for both steps (the lists wrap around otherwise); paper scale: its epochs.
     args.triplet_epochs = (-(-sum(iters) * 32 // 50000) if iters else sum(D.PAPER_TRAINING["epochs"]))
+    if args.artefact == "study":
+        best = study(args, results)
+        say(f"study: chosen {best}; results in {results}")
+        print(open(os.path.join(results, "study.md")).read())
+        return dict(chosen=best)
     folders = prepare_data(args, args.work)
     data = folders["cifar10-2"]
     args.start_weights = args.weights
@@ -262,8 +357,22 @@ def run(args):
     rows = {p: [] for p in PROTOCOLS}
     evals = {p: {} for p in PROTOCOLS}
     runs = {}
+    recommended = None
+    study_json = os.path.join(results, "study.json")
+    if "tqn" in methods and os.path.exists(study_json):
+        with open(study_json) as f:
+            chosen = json.load(f)["chosen"]
+        if chosen != "paper":
+            recommended = chosen
     for bits in args.bits:
         models = models_of(args, data, bits, methods)
+        if recommended:
+            run_dir = os.path.join(args.work, "runs", f"{bits}bits", "tqn-recommended")
+            say(f"{bits} bits: TQN step 2 with the held-out choice ({recommended}) -> {run_dir}")
+            model, record = _step2_variant(args, data, bits, models["tqn"][2], run_dir,
+                                           STUDY_VARIANTS[recommended])
+            models["tqn-recommended"] = ("tqn", model, run_dir,
+                                         (models["triplet"][3] or 0) + record["steps"]["2"]["seconds"])
         runs[bits] = os.path.join(args.work, "runs", f"{bits}bits", "tqn")
         for label, (method, model, run_dir, seconds) in models.items():
             blobs = {"cifar10-2": os.path.join(args.work, "blobs", f"{bits}bits", label, "cifar10-2")}
@@ -273,6 +382,7 @@ def run(args):
             with open(os.path.join(run_dir, "params.json")) as f:
                 plan = json.load(f)["plan"]
             its = "+".join(map(str, plan["iterations"][:1 if label == "triplet" else 2]))
+            args.recommended_label = f"held-out choice: {recommended}" if recommended else ""
             for p in PROTOCOLS:
                 result = evaluate_cached(blobs[p], os.path.join(args.work, "eval", p, f"{bits}bits", label))
                 evals[p].setdefault(bits, {})[label] = result
@@ -283,6 +393,7 @@ def run(args):
                 for p in PROTOCOLS:
                     rows[p] += classical(args, blobs, bits, p, [m for m in CLASSICAL if m in methods])
     summary = dict(artefact=args.artefact, scale=args.scale, bits=args.bits, iterations=iters,
+                   recommended_step2=recommended,
                    warm_start_iterations=warm, weights=args.weights, data_seed=args.data_seed,
                    solver_seed=args.seed, tqn_overrides=T.parse_tqn(args.tqn), protocols=list(PROTOCOLS),
                    seconds=None, tables={})
@@ -305,6 +416,14 @@ def run(args):
                 w.writeheader()
                 w.writerows(csv_rows)
             summary["tables"][f"table3_{p}"] = csv_rows
+            if recommended:
+                res = {b: {1: evals[p][b]["triplet"], 2: evals[p][b]["tqn-recommended"]} for b in args.bits}
+                md, csv_rows = main_job.table3(res, args.bits, "cifar10", p)
+                md = md.replace("with TQN", f"with TQN ({recommended})")
+                T.write_atomic(os.path.join(results, f"table3_{p}_recommended.md"),
+                               f"# {title}; TQN step 2: {recommended} (chosen on held-out training data)"
+                               f"\n\n{md}\n")
+                summary["tables"][f"table3_{p}_recommended"] = csv_rows
     if args.artefact in ("figures", "all", "table3") and "tqn" in methods:
         main_job.plots(runs, results, f"CIFAR-10 / {args.scale} / {setting}")
     logs = os.path.join(results, "logs")
@@ -334,6 +453,8 @@ def main(argv=None):
                     help="classification warm start of the backbone (cpu default 1000; 0: none)")
     ap.add_argument("--weights", help="initial weights (paper scale: ImageNet AlexNet)")
     ap.add_argument("--tqn", nargs="*", default=[], help="TQN overrides, e.g. beta=1 (default: paper)")
+    ap.add_argument("--study-bits", type=int, nargs="+", default=[12],
+                    help="widths of the held-out study (artefact study)")
     ap.add_argument("--methods", nargs="+", choices=DEEP + CLASSICAL,
                     help="only these of the artefact's methods (the tables then hold only them)")
     ap.add_argument("--seed", type=int, default=1)
