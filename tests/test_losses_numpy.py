@@ -103,3 +103,21 @@ def test_bad_inputs_are_named(bad, message):
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         losses.triplet_quantization_loss(**args, alpha_d=1.0)
+
+
+def test_identical_saturated_codes_are_a_stationary_point_of_tqn():
+    """Why step 2 can collapse (README): L_d's gradient is proportional to a - n, so when every
+    image has the same saturated code, L_s = 0, L_d = alpha_d / 2 and every gradient is 0; with the
+    paper's beta = 8 that point lies below a typical starting loss."""
+    bs, bits, alpha_d = 16, 12, 3.83
+    corner = np.where(np.arange(bits) % 3 == 0, 0.97, 0.02)          # far from t = 0.5 in every bit
+    a = p = n = np.tile(corner, (bs, 1))
+    loss, loss_s, loss_d, grads = losses.triplet_quantization_loss(a, p, n, alpha_d=alpha_d)
+    assert loss_s == 0 and loss_d == pytest.approx(alpha_d / 2) and loss == pytest.approx(alpha_d / 2)
+    for g in grads:
+        assert np.abs(g).max() == 0
+    # a spread start (codes not yet binary) has a higher loss with beta = 8 than the collapse
+    rng = np.random.default_rng(0)
+    a, p, n = (rng.uniform(0.2, 0.8, (bs, bits)) for _ in range(3))
+    start = losses.triplet_quantization_loss(a, p, n, alpha_d=alpha_d)[0]
+    assert start > alpha_d / 2
