@@ -217,7 +217,7 @@ def classical(args, blobs, bits, protocol, methods):
                                        sets["database"]["features"], seed=args.seed)
         m = M.evaluate_codes(qb, sets["query"]["labels"], dbb, sets["database"]["labels"], bits,
                              exclude_self=same, radii=(2,))
-        rows.append(dict(method=method.upper(), features=f"triplet net's features ({bits} dims)",
+        rows.append(dict(method=method.upper(), features="triplet net's features (as many dims as bits)",
                          bits=bits, map_tie_aware=m["map_tie_aware"], map_index_order=m["map_index_order"],
                          precision_radius2=m["precision_radius2"], real_map=None, protocol=protocol,
                          net="(on the triplet net's features)", iterations=str(info.get("iterations", "")),
