@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .losses import _check_triplets
+from .losses import _check_triplets, check_rows_finite
 
 LAYER = "PiecewiseThreshold"
 GRADIENTS = ("EXACT", "STRAIGHT_THROUGH")
@@ -48,12 +48,7 @@ def check_finite_input(s, layer_name=LAYER):
     if s.size == 0:
         return
     rows = s.reshape(s.shape[0] if s.ndim else 1, -1)
-    bad = ~np.isfinite(rows)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"Layer '{layer_name}': the bottom holds {rows[row, col]} at row {row}, "
-                         f"column {col}; the net upstream diverged or the data holds non-finite "
-                         f"values (lower the learning rate or check the input)")
+    check_rows_finite(rows, f"Layer '{layer_name}'")
 
 
 def _band(epsilon, center, dtype):

@@ -5,6 +5,8 @@ without Caffe. The error messages are the C++ layers' own wording.
 """
 import numpy as np
 
+from .losses import check_rows_finite
+
 
 # ---[ Pairwise cosine loss (C++ type "PairwiseCosineLoss")
 
@@ -56,12 +58,7 @@ def pairwise_cosine_loss(z, labels, similar_value=1.0, dissimilar_value=-1.0, lo
     shape = z.shape
     num = shape[0]
     rows = z.reshape(num, -1)
-    bad = ~np.isfinite(rows)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"{where}: the feature bottom holds {rows[row, col]} at row {row}, column "
-                         f"{col}; the net upstream diverged or the data holds non-finite values "
-                         f"(lower the learning rate or check the input)")
+    check_rows_finite(rows, where, "feature")
     bad = ~np.isfinite(labels)
     if bad.any():
         row = int(np.argmax(bad))
@@ -134,12 +131,7 @@ def _pq_rows(z, layer_name):
     if z.ndim < 1 or z.shape[0] == 0:
         raise ValueError(f"Layer '{layer_name}': the batch is empty")
     rows = z.reshape(z.shape[0], -1).astype(np.float64)
-    bad = ~np.isfinite(rows)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"Layer '{layer_name}': the z bottom holds {rows[row, col]} at row {row}, "
-                         f"column {col}; the net upstream diverged or the data holds non-finite "
-                         f"values (lower the learning rate or check the input)")
+    check_rows_finite(rows, f"Layer '{layer_name}'", "z")
     return rows
 
 

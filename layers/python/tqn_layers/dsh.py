@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .losses import check_rows_finite
+
 
 def effective_margin(margin, k):
     """The margin in use: `margin`, or 2k when it is 0 (DSH's choice)."""
@@ -50,12 +52,7 @@ def check_inputs(codes, labels, layer_name="DSHLoss"):
     codes, labels = np.asarray(codes), np.asarray(labels)
     check_shapes(codes.shape, labels.shape, layer_name)
     b = codes.reshape(codes.shape[0], -1)
-    bad = ~np.isfinite(b)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"Layer '{layer_name}': the codes bottom holds {b[row, col]} at row {row}, "
-                         f"column {col}; the net upstream diverged or the data holds non-finite "
-                         f"values (lower the learning rate or check the input)")
+    check_rows_finite(b, f"Layer '{layer_name}'", "codes")
     lab = labels.reshape(-1)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(lab) | (lab != np.floor(lab))

@@ -9,6 +9,18 @@ not the paper's printed Eq. 5: see `paper_eq5_gradients` and the README's erratu
 import numpy as np
 
 
+def check_rows_finite(rows, where, bottom=None):
+    """ValueError naming the first non-finite value of `rows` (N x M) by row and column, in the
+    C++ layers' wording; `where` names the layer, `bottom` the blob ("the <bottom> bottom")."""
+    bad = ~np.isfinite(rows)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        blob = f"the {bottom} bottom" if bottom else "the bottom"
+        raise ValueError(f"{where}: {blob} holds {rows[row, col]} at row {row}, column {col}; the "
+                         f"net upstream diverged or the data holds non-finite values (lower the "
+                         f"learning rate or check the input)")
+
+
 def _check_triplets(a, p, n, where="triplet loss"):
     a, p, n = (np.asarray(x) for x in (a, p, n))
     if not (a.shape == p.shape == n.shape) or a.ndim < 1 or a.shape[0] == 0:
@@ -16,12 +28,7 @@ def _check_triplets(a, p, n, where="triplet loss"):
                          f"shape (bs x N), got {a.shape}, {p.shape}, {n.shape}")
     flat = [x.reshape(x.shape[0], -1) for x in (a, p, n)]
     for name, x in zip(("anchor", "positive", "negative"), flat):
-        bad = ~np.isfinite(x)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise ValueError(f"{where}: the {name} bottom holds {x[row, col]} at row {row}, column "
-                             f"{col}; the net upstream diverged or the data holds non-finite values "
-                             f"(lower the learning rate or check the input)")
+        check_rows_finite(x, where, name)
     return flat
 
 
