@@ -102,3 +102,9 @@ def test_step2_variant_reuses_the_step1_model(replicated, tmp_path):
     assert os.path.exists(model) and list(record["steps"]) == ["2"]
     assert record["plan"]["tqn"]["beta"] == 1 and record["plan"]["tqn"]["gamma"] == 1
     assert "beta: 1.0" in (run / "step2_net.prototxt").read_text()
+
+
+def test_bad_skip_is_named(tmp_path, capsys):
+    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path), "--skip", "dnnh48"]) == 1
+    assert "--skip takes METHOD@BITS" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()

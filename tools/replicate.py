@@ -345,6 +345,11 @@ def run(args):
                            "bvlc_alexnet.caffemodel)")
     iters = args.iters or scale_cfg["iters"]
     args.method_lr = dict(scale_cfg.get("method_lr", {}))
+    for item in args.skip:
+        method, _, bits = item.partition("@")
+        if method not in ("dsh", "dnnh", "dqn") or not bits.isdigit():
+            raise ValueError(f"--skip takes METHOD@BITS with METHOD one of dsh, dnnh, dqn "
+                             f"(e.g. dnnh@48), got {item!r}")
     # Enough triplets for both steps (the lists wrap around otherwise); paper scale: its epochs.
     args.triplet_epochs = (-(-sum(iters) * 32 // 50000) if iters else sum(D.PAPER_TRAINING["epochs"]))
     if args.artefact == "study":
