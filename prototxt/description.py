@@ -81,6 +81,9 @@ METHODS = {
                  slice_width=8,           # OURS: DNNH sizes its slices by its own net; 8 values
                                           # per bit from an fc+ReLU layer of 8 x bits units
                  epsilon=0.1,             # OURS: the paper gives no value for the band
+                 gradient="EXACT",        # OURS: g's own derivative (1 inside the band, 0
+                                          # outside); STRAIGHT_THROUGH passes the gradient
+                                          # through g unchanged (see TRAINING_OVERRIDES)
                  margin=1.0,              # DNNH: max(0, 1 - (|F-F-|^2 - |F-F+|^2))
                  loss_weight=2.0),        # TripletLoss halves its mean; DNNH's per-triplet loss
                                           # averaged over the batch is TripletLoss x 2
@@ -95,6 +98,30 @@ METHODS = {
                 kmeans_iterations=20,     # OURS
                 centroids=256),           # DQN: K = 256 (8 bits a subspace) where bits % 8 == 0
 }
+
+
+# Method parameters a run may override (tools.train --method-param KEY=VALUE, tools.replicate's
+# held-out studies) with the allowed values: only ones that change training, never the
+# extraction net, so a model's codes are read the same way whatever it was trained with.
+TRAINING_OVERRIDES = {
+    "dnnh": {"gradient": ("EXACT", "STRAIGHT_THROUGH")},
+}
+
+
+def method_parameters(name, overrides=None):
+    """METHODS[name] with `overrides` ({key: value}) applied; a key or value that is not in
+    TRAINING_OVERRIDES[name] is a ValueError naming the allowed ones."""
+    m = dict(method(name))
+    allowed = TRAINING_OVERRIDES.get(name, {})
+    for key, value in (overrides or {}).items():
+        if key not in allowed:
+            raise ValueError(f"method {name} has no training parameter {key!r} to override; "
+                             f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+        if value not in allowed[key]:
+            raise ValueError(f"method {name}: {key} must be one of {', '.join(allowed[key])}, "
+                             f"got {value!r}")
+        m[key] = value
+    return m
 
 
 def method(name):

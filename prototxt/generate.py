@@ -130,12 +130,13 @@ def backbone(name, bottom="data"):
     raise KeyError(f"unknown backbone {name!r}")
 
 
-def hash_layers(bits, method="tqn"):
+def hash_layers(bits, method="tqn", method_overrides=None):
     """The method's layers from "features" to "hash", the blob its loss sees and codes come from:
     tqn: fc + sigmoid (PAPER); dsh: a linear fc (codes = sign); dnnh: fc + ReLU to slice_width x
     bits values, divide-and-encode (one 1x1 convolution group per bit = one unit per slice) +
-    sigmoid + piece-wise threshold; dqn: the fc bottleneck + tanh."""
-    m = D.method(method)
+    sigmoid + piece-wise threshold; dqn: the fc bottleneck + tanh. `method_overrides`: see
+    D.TRAINING_OVERRIDES."""
+    m = D.method_parameters(method, method_overrides)
     if method == "tqn":
         return [_fc("hash_fc", "features", bits), layer("hash", "Sigmoid", ["hash_fc"], ["hash"])]
     if method == "dsh":
@@ -150,7 +151,8 @@ def hash_layers(bits, method="tqn"):
                 _conv("hash_fc", "dnnh_slices", bits, 1, group=bits),
                 layer("hash_sigmoid", "Sigmoid", ["hash_fc"], ["hash_sigmoid"]),
                 layer("hash", "PiecewiseThreshold", ["hash_sigmoid"], ["hash"],
-                      piecewise_threshold_param=dict(epsilon=m["epsilon"]))]
+                      piecewise_threshold_param=dict(epsilon=m["epsilon"],
+                                                     gradient=Enum(m["gradient"])))]
     if method == "dqn":
         return [_fc("hash_fc", "features", D.dqn_bottleneck(bits)),
                 layer("hash", "TanH", ["hash_fc"], ["hash"])]
@@ -221,15 +223,16 @@ def loss_layer(kind, name, weight, param, implementation="cpp"):
 
 def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batch_triplets=None,
               tqn_overrides=None, implementation="cpp", method="tqn", train_rows=None,
-              total_iters=None):
+              total_iters=None, method_overrides=None):
     """The training net of `method` and `step` (tqn: 1 triplet loss, 2 TQN; the others: 1)
     reading `images` (LMDB) and `triplets` (the list file: triplets.txt for the triplet methods,
     shuffled.txt for the pairwise ones). `tqn_overrides` replaces TQN parameters (e.g. beta) for
     studies; `implementation` "python" uses the pycaffe Python loss layers instead of the C++
     ones; `train_rows` (the train set's size) and `total_iters` (the run's iterations) set DQN's
-    codebook schedule."""
+    codebook schedule; `method_overrides` changes a method's training parameters
+    (D.TRAINING_OVERRIDES)."""
     cfg = D.config(dataset, scale)
-    m = D.method(method)
+    m = D.method_parameters(method, method_overrides)
     if step not in m["steps"]:
         raise ValueError(f"method {method} has steps {m['steps']}, not {step}")
     bs = batch_triplets or D.PAPER_TRAINING["batch_triplets"]
@@ -237,7 +240,7 @@ def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batc
     data = layer("data", "TripletData", top=["data", "label"] if pairwise else ["data"],
                  transform_param=transform(cfg["backbone"], True, mean_file),
                  triplet_data_param=dict(source=images, triplet_source=triplets, batch_size=bs))
-    parts = [data, *backbone(cfg["backbone"]), *hash_layers(bits, method)]
+    parts = [data, *backbone(cfg["backbone"]), *hash_layers(bits, method, method_overrides)]
     if method == "tqn":
         tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
         params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}

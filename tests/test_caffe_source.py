@@ -2,7 +2,10 @@
 extraction, and reading the mirror from apt's own configuration (no network needed)."""
 import io
 import os
+import subprocess
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +109,42 @@ def test_source_key_covers_every_patch():
     names = [os.path.basename(p) for p in patches]
     assert "caffe.proto.patch" in names and "0005-extra-layers-hook.patch" in names
     assert len(S.source_key("a", "b")) == 16 and S.source_key("a", "b") != S.source_key("a", "c")
+
+
+def _sync(src, dst):
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(["cmake", f"-DFROM={src}", f"-DTO={dst}", "-P",
+                           str(root / "tools" / "sync_layers.cmake")], capture_output=True, text=True)
+
+
+def test_layer_sync_writes_only_files_whose_content_differs(tmp_path):
+    """The build compiles a mirror of layers/include and layers/src (tools/sync_layers.cmake):
+    an unchanged file keeps its time stamp (ninja does not recompile it, so a fresh clone of the
+    same commit compiles nothing), a changed one is rewritten, a removed one is deleted."""
+    src, dst = tmp_path / "layers", tmp_path / "mirror"
+    for name, text in {"include/caffe/a.hpp": "a", "src/caffe/a.cpp": "1", "src/caffe/b.cu": "2",
+                       "python/skip.py": "not mirrored"}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    assert _sync(src, dst).returncode == 0
+    files = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert files == ["include/caffe/a.hpp", "src/caffe/a.cpp", "src/caffe/b.cu"]
+    old = {p: os.stat(dst / p).st_mtime_ns for p in files}
+    # A fresh clone: same content, newer time stamps everywhere.
+    time.sleep(0.02)
+    for p in files:
+        os.utime(src / p)
+    (src / "src/caffe/a.cpp").write_text("changed")
+    (src / "src/caffe/b.cu").unlink()
+    assert _sync(src, dst).returncode == 0
+    assert os.stat(dst / "include/caffe/a.hpp").st_mtime_ns == old["include/caffe/a.hpp"]
+    assert (dst / "src/caffe/a.cpp").read_text() == "changed"
+    assert os.stat(dst / "src/caffe/a.cpp").st_mtime_ns > old["src/caffe/a.cpp"]
+    assert not (dst / "src/caffe/b.cu").exists()
+
+
+def test_layer_sync_refuses_a_folder_without_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _sync(tmp_path / "empty", tmp_path / "mirror")
+    assert result.returncode != 0
+    assert "has no include/ or src/ files: is it this project's layers folder?" in " ".join(result.stderr.split())

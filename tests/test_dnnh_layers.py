@@ -396,3 +396,48 @@ def test_dnnh_ranking_loss_is_triplet_loss_margin_1_weight_2(tmp_path, caffe_bui
     net.backward()
     for name, grad in zip("apn", grads):
         np.testing.assert_allclose(net.blobs[name].diff, grad, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- why DNNH can stop learning
+
+SATURATED_NET = """
+layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ dim: {n} dim: {bits} }} }} }}
+layer {{ name: "sig" type: "Sigmoid" bottom: "x" top: "s" }}
+layer {{ name: "g" type: "PiecewiseThreshold" bottom: "s" top: "code"
+        piecewise_threshold_param {{ gradient: {gradient} }} }}
+layer {{ name: "split" type: "Slice" bottom: "code" top: "a" top: "p" top: "n"
+        slice_param {{ axis: 0 }} }}
+layer {{ name: "rank" type: "TripletLoss" bottom: "a" bottom: "p" bottom: "n" top: "loss"
+        triplet_loss_param {{ margin: 1 }} loss_weight: 2 }}
+force_backward: true
+"""
+
+
+@pytest.mark.parametrize("gradient", ["EXACT", "STRAIGHT_THROUGH"])
+def test_saturated_codes_get_no_gradient_only_with_the_exact_gradient(tmp_path, caffe_build, gradient):
+    """Why DNNH's CIFAR-10 CPU-scale run (12 bits, our default EXACT gradient) stopped learning:
+    its sigmoid outputs ended outside the band [0.4, 0.6] (all but 2 of 120,000 query values
+    were exactly 0 or 1, on one code) and g's exact derivative is 0 there, so even a wrongly
+    ranked triplet sends no gradient back: a wrong saturated bit can never be corrected by the
+    loss. The straight-through gradient passes the ranking loss's gradient on."""
+    n, bits = 3 * 4, 12
+    net = load_net(tmp_path, SATURATED_NET.format(n=n, bits=bits, gradient=gradient))
+    rng = np.random.default_rng(23)
+    code = np.where(rng.random(bits) < 0.5, -6.0, 6.0)            # sigmoid 0.0025 / 0.9975
+    x = np.tile(code, (n, 1)) + rng.uniform(-1, 1, (n, bits))    # every value outside the band
+    x[n // 3: 2 * n // 3, :3] *= -1                              # positives: 3 bits flipped
+    net.blobs["x"].data[...] = x                                 # negatives: the anchors' code
+    loss = net.forward()["loss"]
+    assert set(np.unique(net.blobs["code"].data)) == {0.0, 1.0}
+    # The top blob is TripletLoss's mean / 2 (loss_weight 2 is applied by the net): margin
+    # + d+ - d- = 1 + 3 - 0, every triplet wrongly ranked.
+    assert loss == pytest.approx((1 + 3 - 0) / 2)
+    net.backward()
+    dx = net.blobs["x"].diff
+    if gradient == "EXACT":
+        assert not dx.any()                                      # nothing reaches the net
+    else:
+        # Anchors' and positives' flipped bits get the gradient 2 (a - p) / N (times sigmoid');
+        # the negatives equal the anchors, where d(a - n)^2 / dn = 0, as are agreeing bits.
+        assert (np.abs(dx[:2 * n // 3, :3]) > 1e-4).all()
+        assert not dx[:, 3:].any() and not dx[2 * n // 3:].any()

@@ -154,3 +154,35 @@ def test_self_match_include_counts_each_query_itself(tmp_path):
     assert "as DSH's evaluation" in E.summary(included)
     with pytest.raises(ValueError, match="self_match is 'exclude' or 'include'"):
         E.evaluate(str(tmp_path), self_match="maybe")
+
+
+def test_method_param_is_recorded_and_reaches_the_net(tmp_path, digits_data, caffe_build):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    record = T.train(train_args(digits_data, tmp_path, "--method", "dnnh", "--iters", "3", "2",
+                                "--method-param", "gradient=STRAIGHT_THROUGH"))
+    plan = json.loads((tmp_path / "params.json").read_text())["plan"]
+    assert plan == record["plan"]
+    assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"}
+    assert plan["method_parameters"]["gradient"] == "STRAIGHT_THROUGH"
+    assert "gradient: STRAIGHT_THROUGH" in (tmp_path / "step1_net.prototxt").read_text()
+    assert (tmp_path / "step1_iter_5.caffemodel").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--method-param", "gradient=STRAIGHT_THROUGH"], "--method-param applies to dsh, dnnh and dqn"),
+    (["--method", "dnnh", "--method-param", "gradient=SIGN"],
+     "method dnnh: gradient must be one of EXACT, STRAIGHT_THROUGH, got 'SIGN'"),
+    (["--method", "dsh", "--method-param", "margin_per_bit=3"],
+     "method dsh has no training parameter 'margin_per_bit' to override"),
+])
+def test_bad_method_param_is_named(tmp_path, digits_data, extra, message):
+    with pytest.raises(T.TrainError, match=message):
+        T.train(train_args(digits_data, tmp_path, "--iters", "3", "2", *extra))
+    assert not (tmp_path / "params.json").exists()
+
+
+def test_method_param_needs_key_value(capsys):
+    with pytest.raises(SystemExit):
+        T.build_parser().parse_args(["--data", "d", "--dataset", "digits", "--bits", "12", "--out", "o",
+                                     "--method", "dnnh", "--method-param", "gradient"])
+    assert "--method-param takes KEY=VALUE, got 'gradient'" in capsys.readouterr().err

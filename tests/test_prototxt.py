@@ -146,3 +146,27 @@ def test_one_step_methods_get_tqns_budget(caffe_pb2):
 def test_unknown_method_is_named():
     with pytest.raises(KeyError, match="unknown method 'hashnet'"):
         G.train_net("digits", "cpu", 12, 1, "a", "b", method="hashnet")
+
+
+def test_dnnh_gradient_override(caffe_pb2):
+    default = layers_by_name(caffe_pb2, G.train_net("digits", "cpu", 12, 1, "img", "t.txt", method="dnnh"))
+    assert default["hash"].piecewise_threshold_param.gradient == \
+        caffe_pb2.PiecewiseThresholdParameter.EXACT
+    straight = layers_by_name(caffe_pb2, G.train_net("digits", "cpu", 12, 1, "img", "t.txt", method="dnnh",
+                                                     method_overrides={"gradient": "STRAIGHT_THROUGH"}))
+    assert straight["hash"].piecewise_threshold_param.gradient == \
+        caffe_pb2.PiecewiseThresholdParameter.STRAIGHT_THROUGH
+    assert straight["hash"].piecewise_threshold_param.epsilon == pytest.approx(0.1)
+    assert D.METHODS["dnnh"]["gradient"] == "EXACT"              # the table itself is unchanged
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("dnnh", {"epsilon": "0.2"}, "method dnnh has no training parameter 'epsilon' to override; "
+                                 "allowed: gradient"),
+    ("dnnh", {"gradient": "SIGN"}, "gradient must be one of EXACT, STRAIGHT_THROUGH, got 'SIGN'"),
+    ("dsh", {"gradient": "EXACT"}, "method dsh has no training parameter 'gradient' to override; "
+                                   "allowed: none"),
+])
+def test_bad_method_override_is_named(method, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        D.method_parameters(method, overrides)

@@ -14,13 +14,14 @@ from tools import metrics as M
 from tools import replicate as R
 from tools.extract import load_blobs
 
+READ_CIFAR10 = data_prep.readers.read_cifar10      # the fakes are not 50,000 + 10,000 images
+
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
     mp = pytest.MonkeyPatch()
-    real = data_prep.readers.read_cifar10
-    mp.setattr(data_prep.readers, "read_cifar10", lambda p: real(p, expected=None))
+    mp.setattr(data_prep.readers, "read_cifar10", lambda p: READ_CIFAR10(p, expected=None))
     root = tmp_path_factory.mktemp("replicate")
     images, labels = fake_cifar10(20, seed=4)                  # 100 train, 20 test images
     archive = write_cifar10_binary(str(root / "cifar-10-binary.tar.gz"), images, labels)
@@ -45,6 +46,10 @@ def test_results_folder(replicated):
     table = (results / "table2_cifar10-2.md").read_text()
     assert "cited: TQN paper, Table II" in table and "real-valued mAP" in table
     assert any(f.endswith("step1.log") for f in os.listdir(results / "logs"))
+    cost = summary["cost"]
+    assert set(cost["seconds"]) == {"warm start", "training", "extraction", "evaluation"}
+    assert cost["total_seconds"] == pytest.approx(sum(cost["seconds"].values()), abs=0.11)
+    assert cost["unrecorded"] == []
     assert not list((root / "out").glob("work/**/*.tmp"))
 
 
@@ -78,10 +83,23 @@ def test_rerun_redoes_nothing(replicated, capsys):
     work = root / "out" / "work"
     models = sorted(work.glob("runs/**/*.caffemodel"))
     stamps = [p.stat().st_mtime_ns for p in models]
+    summary = root / "out" / "results" / "summary.json"
+    first_cost = json.loads(summary.read_text())["cost"]
     assert R.main(argv) == 0
+    assert json.loads(summary.read_text())["cost"] == first_cost    # the whole cost, not this run's
     out = capsys.readouterr().out
     assert "step 1: done" in out
     assert [p.stat().st_mtime_ns for p in sorted(work.glob("runs/**/*.caffemodel"))] == stamps
+
+
+def test_cost_lists_parts_without_a_record():
+    cost = R.Cost()
+    cost.add("training", 60.0, "a")
+    cost.add("training", 30.0, "b")
+    cost.add("extraction", None, "12 bits dqn")
+    assert cost.summary() == dict(seconds={"training": 90.0}, total_seconds=90.0,
+                                  unrecorded=["extraction: 12 bits dqn"])
+    assert cost.line() == "cost as recorded: 1.5 min (training 1.5 min); 1 parts without a record"
 
 
 def test_paper_scale_needs_weights(tmp_path, capsys):
@@ -108,3 +126,58 @@ def test_bad_skip_is_named(tmp_path, capsys):
     assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path), "--skip", "dnnh48"]) == 1
     assert "--skip takes METHOD@BITS" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory, caffe_build):
+    """The study artefact on a fake archive large enough for cifar10-holdout (500 held out a
+    class from the official training set): TQN's step-2 variants and DNNH's variants."""
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(data_prep.readers, "read_cifar10", lambda p: READ_CIFAR10(p, expected=None))
+    root = tmp_path_factory.mktemp("study")
+    images, labels = fake_cifar10(1100, seed=6)                # ~550 training images a class
+    archive = write_cifar10_binary(str(root / "cifar-10-binary.tar.gz"), images, labels)
+    argv = ["study", "--archive", archive, "--iters", "4", "2", "--warm-start-iters", "3",
+            "--study-bits", "12", "--dnnh-study-bits", "12", "--out", str(root / "out"), "--quiet"]
+    assert R.main(argv) == 0
+    yield root
+    mp.undo()
+
+
+def test_study_compares_every_variant_on_held_out_data(studied):
+    results = studied / "out" / "results"
+    work = studied / "out" / "work"
+    for name, variants in (("study", R.STUDY_VARIANTS), ("study_dnnh", R.DNNH_STUDY_VARIANTS)):
+        record = json.loads((results / f"{name}.json").read_text())
+        assert set(record["results"]) == set(variants) and record["bits"] == [12]
+        best = max(record["results"], key=lambda v: record["results"][v]["12"]["bc_map"])
+        assert record["chosen"] == best                            # the held-out maximum
+        table = (results / f"{name}.md").read_text()
+        assert f"| {best} (chosen) |" in table and "never the test set" in table
+    # Every study model was evaluated on the held-out split, never the test queries.
+    for meta in work.glob("study/**/blobs/meta.json"):
+        assert json.loads(meta.read_text())["protocol"] == "cifar10-holdout"
+    plan = json.loads((work / "study" / "dnnh" / "12bits" / "straight-through" / "params.json")
+                      .read_text())["plan"]
+    assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"} and plan["iterations"] == [6]
+    plan = json.loads((work / "study" / "dnnh" / "12bits" / "lr_10" / "params.json").read_text())["plan"]
+    assert plan["base_lr"] == [1e-4] and "method_overrides" not in plan
+    cost = json.loads((results / "study_cost.json").read_text())
+    assert cost["unrecorded"] == [] and cost["seconds"]["training"] > 0
+
+
+def test_held_out_dnnh_choice_adds_rows(replicated):
+    """A study_dnnh.json in the results folder that chose another setting than the default adds
+    "DNNH (held-out choice: ...)" rows, trained with that setting (last: it changes the folder)."""
+    root, argv = replicated
+    results = root / "out" / "results"
+    (results / "study_dnnh.json").write_text(json.dumps(dict(chosen="straight-through")))
+    assert R.main(argv + ["--methods", "dnnh"]) == 0
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["recommended_dnnh"] == "straight-through"
+    names = [r["method"] for r in summary["tables"]["table2_cifar10-2"]]
+    assert names == ["DNNH", "DNNH (held-out choice: straight-through)"]
+    plan = json.loads((root / "out" / "work" / "runs" / "12bits" / "dnnh-recommended" / "params.json")
+                      .read_text())["plan"]
+    assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"}

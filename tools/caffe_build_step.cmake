@@ -1,9 +1,18 @@
 # The build step of the top-level CMakeLists.txt (run under the build folder's lock):
 #   cmake -DSETTINGS=<superbuild>/caffe-build-settings.cmake -P tools/caffe_build_step.cmake
-# One Caffe build folder serves every checkout with the same key. It is (re)configured when it
-# has never been, or when it was last configured for another checkout's layers folder (every
-# compile line then changes, so ninja rebuilds everything); then ninja builds the targets.
+# One Caffe build folder serves every checkout with the same key. The checkout's C++/CUDA layer
+# sources (LAYERS_DIR/include, LAYERS_DIR/src) are first synced into a mirror beside the build
+# folder: a file is written only when its content differs, and files gone from the checkout are
+# removed. The build is configured for the mirror, never for a checkout, so switching checkouts
+# (a fresh clone, CI, a second worktree) recompiles only the files whose content differs. The
+# folder is (re)configured when it has never been or was configured for another folder (builds
+# made before the mirror: one full rebuild); then ninja builds the targets.
 include("${SETTINGS}")  # CAFFE_SOURCE_DIR, CAFFE_BUILD_DIR, CAFFE_ARGS, LAYERS_DIR, BUILD_TARGETS
+set(_mirror "${CAFFE_BUILD_DIR}-layers")
+set(FROM "${LAYERS_DIR}")
+set(TO "${_mirror}")
+include("${CMAKE_CURRENT_LIST_DIR}/sync_layers.cmake")
+set(LAYERS_DIR "${_mirror}")
 set(_configured_for "")
 if(EXISTS "${CAFFE_BUILD_DIR}/CMakeCache.txt" AND EXISTS "${CAFFE_BUILD_DIR}/build.ninja")
   file(STRINGS "${CAFFE_BUILD_DIR}/CMakeCache.txt" _line REGEX "^CAFFE_EXTRA_LAYERS_DIR:[A-Z]*=")

@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -102,6 +103,7 @@ def extract(data, dataset, scale, bits, weights, out, batch=100, method="tqn"):
                 and old.get("method", "tqn") == method):
             return old
         shutil.rmtree(out)
+    start = time.monotonic()
     mean = os.path.join(data, "mean.binaryproto")
     mean = mean if os.path.exists(mean) else None
     threshold = D.method(method)["code_threshold"]
@@ -128,7 +130,8 @@ def extract(data, dataset, scale, bits, weights, out, batch=100, method="tqn"):
                     counts={s: manifest["counts"][s] for s in ("query", "database")},
                     database_is_query=lmdbs["database"] == lmdbs["query"],
                     code_packing="numpy.packbits(axis=1, bitorder='big') of features > threshold"
-                    if method != "dqn" else "pq_codes: nearest centroid per subspace (ADC search)")
+                    if method != "dqn" else "pq_codes: nearest centroid per subspace (ADC search)",
+                    seconds=round(time.monotonic() - start, 1))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
         os.rename(tmp, out)

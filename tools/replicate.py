@@ -7,10 +7,14 @@
 
 ARTEFACT is table2 (every method x 12/24/48 bits, binary and real-valued mAP), table3 (RF vs BC,
 triplet vs TQN), figures (Fig. 1-2: both steps' loss curves, with the other loss monitored),
-all, or study: TQN's step-2 settings (the paper's and the changes in STUDY_VARIANTS) compared on
-held-out training data (protocol cifar10-holdout, never the test set); when OUT/results/study.json
-chose another setting than the paper's, table2/table3/all add "TQN (held-out choice)" rows
-(step 2 only, from the same step-1 model) beside the paper-exact ones. Every method trains once per code length on the official 50,000 training images and is
+all, or study: TQN's step-2 settings (the paper's and the changes in STUDY_VARIANTS) and DNNH's
+training settings (DNNH_STUDY_VARIANTS) compared on held-out training data (protocol
+cifar10-holdout, never the test set). When OUT/results/study.json chose another setting than the
+paper's, table2/table3/all add "TQN (held-out choice)" rows (step 2 only, from the same step-1
+model) beside the paper-exact ones; when OUT/results/study_dnnh.json chose another than the
+default, "DNNH (held-out choice)" rows. Every results folder records the cost of what its
+figures rest on (summary.json "cost", study_cost.json), summed from each part's own record, so
+a resumed run reports its whole cost. Every method trains once per code length on the official 50,000 training images and is
 evaluated under both protocols, which share that training set and the 10,000 test queries:
 `cifar10-2` (database = the training images) and `dsh` (database = the queries, each left out of
 its own ranking). The `dsh` blobs are the `cifar10-2` query blobs against themselves, so each
@@ -126,24 +130,61 @@ def models_of(args, data, bits, methods):
         out["triplet"] = ("tqn", T.final_model(run, 1, its[0]), run, secs[0])
         if "tqn" in methods:
             out["tqn"] = ("tqn", T.final_model(run, 2, its[1]), run, (secs[0] or 0) + (secs[1] or 0))
-    job = job_args(args, SCALES[args.scale])
     for method in ("dsh", "dnnh", "dqn"):
         if method in methods and f"{method}@{bits}" not in args.skip:
             run = os.path.join(root, method)
             say(f"{bits} bits: {method.upper()} -> {run}")
-            targs = T.build_parser().parse_args(
-                ["--method", method, "--data", data, "--dataset", "cifar10", "--scale", args.scale,
-                 "--bits", str(bits), "--out", run, "--seed", str(args.seed)]
-                + (["--iters", *map(str, job.iters)] if job.iters else [])
-                + (["--weights", job.weights] if job.weights else []) + (["--quiet"] if args.quiet else [])
-                + (["--base-lr", str(args.method_lr[method]), str(args.method_lr[method])]
-                   if method in args.method_lr else [])
-                + (["--gpu", args.gpu] if args.gpu else []))
-            targs.tqn = {}
-            record = T.train(targs)
-            out[method] = (method, T.final_model(run, 1, record["plan"]["iterations"][0]), run,
-                           record["steps"]["1"]["seconds"])
+            out[method] = train_one_step(args, method, data, bits, run)
     return out
+
+
+def train_one_step(args, method, data, bits, run, lr=None, method_param=None):
+    """Trains one-step `method` (dsh, dnnh, dqn) for TQN's two steps' iterations together, at
+    `lr` (default: the scale's method_lr, else the step-1 rate), with `method_param`
+    ({key: value}, D.TRAINING_OVERRIDES); returns (method, model, run folder, seconds)."""
+    job = job_args(args, SCALES[args.scale])
+    lr = lr if lr is not None else args.method_lr.get(method)
+    targs = T.build_parser().parse_args(
+        ["--method", method, "--data", data, "--dataset", "cifar10", "--scale", args.scale,
+         "--bits", str(bits), "--out", run, "--seed", str(args.seed)]
+        + (["--iters", *map(str, job.iters)] if job.iters else [])
+        + (["--weights", job.weights] if job.weights else []) + (["--quiet"] if args.quiet else [])
+        + (["--base-lr", str(lr), str(lr)] if lr is not None else [])
+        + (["--method-param", *(f"{k}={v}" for k, v in method_param.items())] if method_param else [])
+        + (["--gpu", args.gpu] if args.gpu else []))
+    targs.tqn = {}
+    record = T.train(targs)
+    return (method, T.final_model(run, 1, record["plan"]["iterations"][0]), run,
+            record["steps"]["1"]["seconds"])
+
+
+class Cost:
+    """Wall seconds of every part the artefact's figures rest on, as each was recorded when it
+    ran (in this or an earlier invocation), so a resumed run still reports its whole cost; parts
+    with no record (made by an older version) are listed, not guessed."""
+
+    def __init__(self):
+        self.seconds, self.unrecorded = {}, []
+
+    def add(self, kind, seconds, what):
+        if seconds is None:
+            self.unrecorded.append(f"{kind}: {what}")
+        else:
+            self.seconds[kind] = round(self.seconds.get(kind, 0.0) + seconds, 1)
+
+    def summary(self):
+        return dict(seconds=self.seconds, total_seconds=round(sum(self.seconds.values()), 1),
+                    unrecorded=self.unrecorded)
+
+    def line(self):
+        parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in self.seconds.items())
+        return (f"cost as recorded: {sum(self.seconds.values()) / 60:.1f} min ({parts})"
+                + (f"; {len(self.unrecorded)} parts without a record" if self.unrecorded else ""))
+
+
+def _run_steps(run_dir):
+    with open(os.path.join(run_dir, "params.json")) as f:
+        return json.load(f).get("steps", {})
 
 
 def dsh_view(blobs_c2, folder):
@@ -181,8 +222,10 @@ def evaluate_cached(blobs, out):
             old = json.load(f)
         if old.get("weights_sha256") == key:
             return old
+    start = time.monotonic()
     result = E.evaluate(blobs, num_classes=10)
     result["weights_sha256"] = key
+    result["seconds"] = round(time.monotonic() - start, 1)
     E._write(out, result)
     return result
 
@@ -190,7 +233,8 @@ def evaluate_cached(blobs, out):
 def deep_row(label, method, bits, result, protocol, plan_iters, seconds, args):
     b = result["binary"]
     return dict(method={"triplet": "Triplet only", "tqn": "TQN (paper's settings)",
-                        "tqn-recommended": f"TQN ({args.recommended_label})"}.get(label, label.upper()),
+                        "tqn-recommended": f"TQN ({args.recommended_label})",
+                        "dnnh-recommended": f"DNNH ({args.dnnh_label})"}.get(label, label.upper()),
                 features="learned (PQ, ADC)" if method == "dqn" else "learned", bits=bits,
                 map_tie_aware=b["map_tie_aware"], map_index_order=b["map_index_order"],
                 precision_radius2=b.get("precision_radius2"), real_map=result["real"]["map"],
@@ -276,10 +320,62 @@ def _step2_variant(args, data, bits, step1_run, run, variant):
     return T.final_model(run, 2, iters[1]), record
 
 
+# DNNH settings tried on the same held-out data (OURS): our default (g's exact gradient, which is
+# zero outside the band, so saturated sigmoids stop learning), the straight-through gradient,
+# and a tenth of the learning rate. The best by held-out binary mAP becomes "DNNH (held-out choice)".
+DNNH_STUDY_VARIANTS = {
+    "default": dict(method_param={}, lr=None),
+    "straight-through": dict(method_param={"gradient": "STRAIGHT_THROUGH"}, lr=None),
+    "lr/10": dict(method_param={}, lr=1e-4),
+}
+
+
+def _score_held_out(args, data, bits, model, run, method, cost, what):
+    """Extracts `model` on the held-out split, evaluates it, records the cost; the study row."""
+    blobs = os.path.join(run, "blobs")
+    meta = X.extract(data, "cifar10", args.scale, bits, model, blobs, method=method)
+    r = evaluate_cached(blobs, os.path.join(run, "eval"))
+    cost.add("extraction", meta.get("seconds"), what)
+    cost.add("evaluation", r.get("seconds"), what)
+    say(f"study, {what}: held-out BC mAP {r['binary']['map_tie_aware']:.4f}, "
+        f"{r['code_health']['distinct_codes']} distinct codes")
+    return _held_out_row(r)
+
+
+def _held_out_row(r):
+    return dict(bc_map=r["binary"]["map_tie_aware"], bc_map_index_order=r["binary"]["map_index_order"],
+                rf_map=r["real"]["map"], warnings=r["collapse_warnings"],
+                code_health={k: r["code_health"][k] for k in ("distinct_codes", "mean_entropy", "top1_share")})
+
+
+def _write_study(results, name, what, out, bits_list, variants):
+    """study<name>.md/.json: the held-out table of `out` ({variant: {bits: row}}) and the choice,
+    the best sum of held-out BC mAP (tie-aware) over the widths."""
+    best = max(out, key=lambda n: sum(out[n][b]["bc_map"] for b in bits_list))
+    lines = [f"# {what} on held-out training data (protocol cifar10-holdout: train 45,000; "
+             f"held-out queries 1,000 vs held-out database 4,000; never the test set)", "",
+             "| setting | " + " | ".join(f"{b} bits: BC mAP [index order] / RF mAP / distinct codes"
+                                       for b in bits_list) + " |",
+             "|---|" + "---|" * len(bits_list)]
+    for v in out:
+        cells = [f"{out[v][b]['bc_map']:.3f} [{out[v][b]['bc_map_index_order']:.3f}] / "
+                 f"{out[v][b]['rf_map']:.3f} / {out[v][b]['code_health']['distinct_codes']}"
+                 + (" ⚠" if out[v][b]["warnings"] else "") for b in bits_list]
+        lines.append(f"| {v}{' (chosen)' if v == best else ''} | " + " | ".join(cells) + " |")
+    lines += ["", f"Chosen by the sum of held-out BC mAP over the widths: **{best}**. ⚠: the code-health "
+              f"check warned (collapse)."]
+    T.write_atomic(os.path.join(results, f"study{name}.md"), "\n".join(lines) + "\n")
+    T.write_atomic(os.path.join(results, f"study{name}.json"),
+                   json.dumps(dict(variants=variants, results=out, chosen=best, bits=bits_list),
+                              indent=1) + "\n")
+    return best
+
+
 def study(args, results):
-    """Chooses TQN's step-2 setting on held-out training data: the 45,000/5,000 split of the
-    official training set (never the test set), its own warm start and step 1, then each
-    variant's step 2; the best held-out binary mAP (tie-aware) is the recommendation."""
+    """Chooses TQN's step-2 setting and DNNH's training setting on held-out training data: the
+    45,000/5,000 split of the official training set (never the test set), its own warm start
+    (and TQN step 1), then each variant; the best held-out binary mAP (tie-aware) is the
+    recommendation (study.md/json for TQN, study_dnnh.md/json for DNNH)."""
     from data_prep import build
     data = os.path.join(args.work, "data", "cifar10-holdout")
     if build.main(["--dataset", "cifar10", "--archive", args.archive, "--protocol", "cifar10-holdout",
@@ -292,43 +388,44 @@ def study(args, results):
     if warm:
         args.start_weights = W.warm_start(data, "cifar10", args.scale, warm, os.path.join(root, "warm_start"),
                                           seed=args.seed, quiet=args.quiet)
-    out = {}
-    for bits in args.study_bits:
-        step1 = os.path.join(root, f"{bits}bits", "step1")
-        say(f"study, {bits} bits: step 1 on the 45,000 held-in images -> {step1}")
-        train_tqn(args, data, bits, step1, [1])
-        for name, variant in STUDY_VARIANTS.items():
-            run = os.path.join(root, f"{bits}bits", name.replace(" ", "_").replace("/", "_"))
-            say(f"study, {bits} bits: step 2, {name}")
-            model, _ = _step2_variant(args, data, bits, step1, run, variant)
-            blobs = os.path.join(run, "blobs")
-            X.extract(data, "cifar10", args.scale, bits, model, blobs)
-            r = evaluate_cached(blobs, os.path.join(run, "eval"))
-            out.setdefault(name, {})[bits] = dict(
-                bc_map=r["binary"]["map_tie_aware"], bc_map_index_order=r["binary"]["map_index_order"],
-                rf_map=r["real"]["map"], warnings=r["collapse_warnings"],
-                code_health={k: r["code_health"][k] for k in ("distinct_codes", "mean_entropy", "top1_share")})
-            say(f"study, {bits} bits, {name}: held-out BC mAP {r['binary']['map_tie_aware']:.4f}, "
-                f"{r['code_health']['distinct_codes']} distinct codes")
-    best = max(out, key=lambda n: sum(out[n][b]["bc_map"] for b in args.study_bits))
-    lines = [f"# TQN step 2 settings on held-out training data (protocol cifar10-holdout: train 45,000; "
-             f"held-out queries 1,000 vs held-out database 4,000; never the test set)", "",
-             "| step-2 setting | " + " | ".join(f"{b} bits: BC mAP [index order] / RF mAP / distinct codes"
-                                             for b in args.study_bits) + " |",
-             "|---|" + "---|" * len(args.study_bits)]
-    for name in out:
-        cells = [f"{out[name][b]['bc_map']:.3f} [{out[name][b]['bc_map_index_order']:.3f}] / "
-                 f"{out[name][b]['rf_map']:.3f} / {out[name][b]['code_health']['distinct_codes']}"
-                 + (" ⚠" if out[name][b]["warnings"] else "") for b in args.study_bits]
-        lines.append(f"| {name}{' (chosen)' if name == best else ''} | " + " | ".join(cells) + " |")
-    lines += ["", f"Chosen by the sum of held-out BC mAP over the widths: **{best}**. ⚠: the code-health "
-              f"check warned (collapse)."]
-    T.write_atomic(os.path.join(results, "study.md"), "\n".join(lines) + "\n")
-    T.write_atomic(os.path.join(results, "study.json"),
-                   json.dumps(dict(variants={k: dict(tqn=v["tqn"], step2_lr=v["step2_lr"])
-                                             for k, v in STUDY_VARIANTS.items()},
-                                   results=out, chosen=best, bits=args.study_bits), indent=1) + "\n")
-    return best
+    chosen = {}
+    cost = Cost()
+    if warm:
+        with open(os.path.join(root, "warm_start", "params.json")) as f:
+            cost.add("warm start", json.load(f).get("seconds"), "study warm start")
+    if "tqn" in args.study_methods:
+        out = {}
+        for bits in args.study_bits:
+            step1 = os.path.join(root, f"{bits}bits", "step1")
+            say(f"study, {bits} bits: step 1 on the 45,000 held-in images -> {step1}")
+            train_tqn(args, data, bits, step1, [1])
+            cost.add("training", _run_steps(step1)["1"].get("seconds"), f"{bits} bits TQN step 1")
+            for name, variant in STUDY_VARIANTS.items():
+                run = os.path.join(root, f"{bits}bits", name.replace(" ", "_").replace("/", "_"))
+                say(f"study, {bits} bits: step 2, {name}")
+                model, record = _step2_variant(args, data, bits, step1, run, variant)
+                cost.add("training", record["steps"]["2"].get("seconds"), f"{bits} bits TQN {name}")
+                out.setdefault(name, {})[bits] = _score_held_out(args, data, bits, model, run, "tqn",
+                                                                 cost, f"{bits} bits TQN {name}")
+        chosen["tqn"] = _write_study(results, "", "TQN step 2 settings", out, args.study_bits,
+                                     {k: dict(tqn=v["tqn"], step2_lr=v["step2_lr"])
+                                      for k, v in STUDY_VARIANTS.items()})
+    if "dnnh" in args.study_methods:
+        out = {}
+        for bits in args.dnnh_study_bits:
+            for name, variant in DNNH_STUDY_VARIANTS.items():
+                run = os.path.join(root, "dnnh", f"{bits}bits", name.replace("/", "_"))
+                say(f"study, {bits} bits: DNNH, {name} -> {run}")
+                _, model, _, seconds = train_one_step(args, "dnnh", data, bits, run, lr=variant["lr"],
+                                                      method_param=variant["method_param"])
+                cost.add("training", seconds, f"{bits} bits DNNH {name}")
+                out.setdefault(name, {})[bits] = _score_held_out(args, data, bits, model, run, "dnnh",
+                                                                 cost, f"{bits} bits DNNH {name}")
+        chosen["dnnh"] = _write_study(results, "_dnnh", "DNNH training settings", out, args.dnnh_study_bits,
+                                      DNNH_STUDY_VARIANTS)
+    say(cost.line())
+    T.write_atomic(os.path.join(results, "study_cost.json"), json.dumps(cost.summary(), indent=1) + "\n")
+    return chosen
 
 
 def run(args):
@@ -353,10 +450,12 @@ def run(args):
     # Enough triplets for both steps (the lists wrap around otherwise); paper scale: its epochs.
     args.triplet_epochs = (-(-sum(iters) * 32 // 50000) if iters else sum(D.PAPER_TRAINING["epochs"]))
     if args.artefact == "study":
-        best = study(args, results)
-        say(f"study: chosen {best}; results in {results}")
-        print(open(os.path.join(results, "study.md")).read())
-        return dict(chosen=best)
+        chosen = study(args, results)
+        say(f"study: chosen {chosen}; results in {results}")
+        for name in ("study.md", "study_dnnh.md"):
+            if os.path.exists(os.path.join(results, name)):
+                print(open(os.path.join(results, name)).read())
+        return dict(chosen=chosen)
     folders = prepare_data(args, args.work)
     data = folders["cifar10-2"]
     args.start_weights = args.weights
@@ -366,6 +465,10 @@ def run(args):
         args.start_weights = W.warm_start(data, "cifar10", args.scale, warm,
                                           os.path.join(args.work, "warm_start"), seed=args.seed,
                                           quiet=args.quiet)
+    cost = Cost()
+    if warm:
+        with open(os.path.join(args.work, "warm_start", "params.json")) as f:
+            cost.add("warm start", json.load(f).get("seconds"), "warm start")
     rows = {p: [] for p in PROTOCOLS}
     evals = {p: {} for p in PROTOCOLS}
     runs = {}
@@ -376,8 +479,21 @@ def run(args):
             chosen = json.load(f)["chosen"]
         if chosen != "paper":
             recommended = chosen
+    dnnh_choice = None
+    study_dnnh = os.path.join(results, "study_dnnh.json")
+    if "dnnh" in methods and os.path.exists(study_dnnh):
+        with open(study_dnnh) as f:
+            dnnh_choice = json.load(f)["chosen"]
+        dnnh_choice = None if dnnh_choice == "default" else dnnh_choice
+    args.dnnh_label = f"held-out choice: {dnnh_choice}" if dnnh_choice else ""
     for bits in args.bits:
         models = models_of(args, data, bits, methods)
+        if dnnh_choice and f"dnnh@{bits}" not in args.skip:
+            run_dir = os.path.join(args.work, "runs", f"{bits}bits", "dnnh-recommended")
+            say(f"{bits} bits: DNNH with the held-out choice ({dnnh_choice}) -> {run_dir}")
+            variant = DNNH_STUDY_VARIANTS[dnnh_choice]
+            models["dnnh-recommended"] = train_one_step(args, "dnnh", data, bits, run_dir, lr=variant["lr"],
+                                                        method_param=variant["method_param"])
         if recommended:
             run_dir = os.path.join(args.work, "runs", f"{bits}bits", "tqn-recommended")
             say(f"{bits} bits: TQN step 2 with the held-out choice ({recommended}) -> {run_dir}")
@@ -388,7 +504,13 @@ def run(args):
         runs[bits] = os.path.join(args.work, "runs", f"{bits}bits", "tqn")
         for label, (method, model, run_dir, seconds) in models.items():
             blobs = {"cifar10-2": os.path.join(args.work, "blobs", f"{bits}bits", label, "cifar10-2")}
-            X.extract(data, "cifar10", args.scale, bits, model, blobs["cifar10-2"], method=method)
+            meta = X.extract(data, "cifar10", args.scale, bits, model, blobs["cifar10-2"], method=method)
+            cost.add("extraction", meta.get("seconds"), f"{bits} bits {label}")
+            for step, info in _run_steps(run_dir).items():
+                if label != "triplet" and not (label == "tqn" and step == "1"):  # step 1: triplet's
+                    cost.add("training", info.get("seconds"), f"{bits} bits {label} step {step}")
+                elif label == "triplet" and step == "1":
+                    cost.add("training", info.get("seconds"), f"{bits} bits triplet (TQN step 1)")
             blobs["dsh"] = dsh_view(blobs["cifar10-2"],
                                     os.path.join(args.work, "blobs", f"{bits}bits", label, "dsh"))
             with open(os.path.join(run_dir, "params.json")) as f:
@@ -397,6 +519,7 @@ def run(args):
             args.recommended_label = f"held-out choice: {recommended}" if recommended else ""
             for p in PROTOCOLS:
                 result = evaluate_cached(blobs[p], os.path.join(args.work, "eval", p, f"{bits}bits", label))
+                cost.add("evaluation", result.get("seconds"), f"{bits} bits {label} {p}")
                 evals[p].setdefault(bits, {})[label] = result
                 rows[p].append(deep_row(label, method, bits, result, p, its, seconds, args))
                 say(f"{bits} bits, {label}, protocol {p}: BC mAP {result['binary']['map_tie_aware']:.4f}, "
@@ -405,11 +528,12 @@ def run(args):
                 for p in PROTOCOLS:
                     rows[p] += classical(args, blobs, bits, p, [m for m in CLASSICAL if m in methods])
     summary = dict(artefact=args.artefact, scale=args.scale, bits=args.bits, iterations=iters,
-                   recommended_step2=recommended, method_learning_rates=args.method_lr,
+                   recommended_step2=recommended, recommended_dnnh=dnnh_choice,
+                   method_learning_rates=args.method_lr,
                    skipped=args.skip,
                    warm_start_iterations=warm, weights=args.weights, data_seed=args.data_seed,
                    solver_seed=args.seed, tqn_overrides=T.parse_tqn(args.tqn), protocols=list(PROTOCOLS),
-                   seconds=None, tables={})
+                   seconds=None, cost=None, tables={})
     setting = (f"warm start {warm} iterations, " if warm else "from scratch, ") + \
         (f"TQN {iters[0]}+{iters[1]} iterations, others {sum(iters)}" if iters else "the paper's epochs")
     for p in PROTOCOLS:
@@ -447,6 +571,8 @@ def run(args):
                 rel = os.path.relpath(os.path.join(root, name), args.work).replace(os.sep, "__")
                 shutil.copy(os.path.join(root, name), os.path.join(logs, rel))
     summary["seconds"] = round(time.monotonic() - start, 1)
+    summary["cost"] = cost.summary()
+    say(cost.line())
     T.write_atomic(os.path.join(results, "summary.json"), json.dumps(summary, indent=1) + "\n")
     say(f"done in {summary['seconds']:.0f} s (this invocation); results in {results}")
     for name in sorted(os.listdir(results)):
@@ -468,6 +594,10 @@ def main(argv=None):
     ap.add_argument("--tqn", nargs="*", default=[], help="TQN overrides, e.g. beta=1 (default: paper)")
     ap.add_argument("--study-bits", type=int, nargs="+", default=[12],
                     help="widths of the held-out study (artefact study)")
+    ap.add_argument("--study-methods", nargs="+", choices=("tqn", "dnnh"), default=["tqn", "dnnh"],
+                    help="whose settings the study compares (artefact study)")
+    ap.add_argument("--dnnh-study-bits", type=int, nargs="+", default=[12],
+                    help="widths of DNNH's held-out study (artefact study)")
     ap.add_argument("--methods", nargs="+", choices=DEEP + CLASSICAL,
                     help="only these of the artefact's methods (the tables then hold only them)")
     ap.add_argument("--skip", nargs="+", default=[], metavar="METHOD@BITS",

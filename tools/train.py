@@ -101,6 +101,14 @@ def plan(args, manifest):
         if args.tqn:
             raise TrainError(f"--tqn applies to method tqn, not {args.method}")
         iters, lrs, tqn = [sum(iters)], lrs[:1], None
+    overrides = dict(getattr(args, "method_param", None) or [])
+    if args.method == "tqn" and overrides:
+        raise TrainError("--method-param applies to dsh, dnnh and dqn; TQN's are --tqn")
+    try:
+        method = D.method_parameters(args.method, overrides)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if args.method != "tqn":
         if method["batches"] == "shuffled" and "shuffled" not in manifest:
             raise TrainError(f"{args.data} has no shuffled.txt (the pairwise batches of "
                              f"{args.method}); rebuild it with this version of data_prep.build")
@@ -114,6 +122,7 @@ def plan(args, manifest):
                 tqn=tqn,
                 # as JSON gives it back (tuples -> lists), so a rerun's plan compares equal
                 method_parameters=None if args.method == "tqn" else json.loads(json.dumps(method)),
+                **({"method_overrides": overrides} if overrides else {}),
                 momentum=D.PAPER_TRAINING["momentum"], weight_decay=D.PAPER_TRAINING["weight_decay"],
                 lr_policy=D.PAPER_TRAINING["lr_policy"], snapshots=args.snapshots)
 
@@ -127,7 +136,8 @@ def step_files(run, p, step, first_triplet):
     net = G.train_net(p["dataset"], p["scale"], p["bits"], step, os.path.join(data, "lmdb", "train"),
                       os.path.join(data, lists), mean if os.path.exists(mean) else None,
                       p["batch_triplets"], p["tqn"], method=method, train_rows=p["train_size"],
-                      total_iters=p["iterations"][step - 1])
+                      total_iters=p["iterations"][step - 1],
+                      method_overrides=p.get("method_overrides"))
     net = net.replace(f"batch_size: {p['batch_triplets']}\n",
                       f"batch_size: {p['batch_triplets']}\n    first_triplet: {first_triplet}\n", 1)
     net_path = os.path.join(run, f"step{step}_net.prototxt")
@@ -231,6 +241,14 @@ def parse_tqn(items):
     return out
 
 
+def key_value(item):
+    """One KEY=VALUE of --method-param -> (key, value) (checked against the method in plan)."""
+    key, _, value = item.partition("=")
+    if not key or not value:
+        raise argparse.ArgumentTypeError(f"--method-param takes KEY=VALUE, got {item!r}")
+    return key, value
+
+
 def build_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a data_prep output folder (dataset.json)")
@@ -250,6 +268,9 @@ def build_parser():
     ap.add_argument("--batch-triplets", type=int, default=D.PAPER_TRAINING["batch_triplets"])
     ap.add_argument("--snapshots", type=int, default=4, help="snapshots a step (for resuming)")
     ap.add_argument("--tqn", nargs="*", type=str, default=[], help="TQN overrides, e.g. beta=1")
+    ap.add_argument("--method-param", nargs="*", type=key_value, default=[], metavar="KEY=VALUE",
+                    help="a method's training parameter, e.g. gradient=STRAIGHT_THROUGH (dnnh); "
+                         "allowed: prototxt/description.py TRAINING_OVERRIDES")
     ap.add_argument("--allow-any-bits", action="store_true")
     ap.add_argument("--force", action="store_true", help="train over a run with other parameters")
     ap.add_argument("--gpu", help="GPU id(s), passed to caffe train -gpu (a CUDA build is needed)")
