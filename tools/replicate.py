@@ -499,8 +499,8 @@ def run(args):
             say(f"{bits} bits: TQN step 2 with the held-out choice ({recommended}) -> {run_dir}")
             model, record = _step2_variant(args, data, bits, models["tqn"][2], run_dir,
                                            STUDY_VARIANTS[recommended])
-            models["tqn-recommended"] = ("tqn", model, run_dir,
-                                         (models["triplet"][3] or 0) + record["steps"]["2"]["seconds"])
+            models["tqn-recommended"] = ("tqn", model, run_dir, round(
+                (models["triplet"][3] or 0) + record["steps"]["2"]["seconds"], 1))
         runs[bits] = os.path.join(args.work, "runs", f"{bits}bits", "tqn")
         for label, (method, model, run_dir, seconds) in models.items():
             blobs = {"cifar10-2": os.path.join(args.work, "blobs", f"{bits}bits", label, "cifar10-2")}
