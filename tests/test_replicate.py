@@ -102,6 +102,20 @@ def test_cost_lists_parts_without_a_record():
     assert cost.line() == "cost as recorded: 1.5 min (training 1.5 min); 1 parts without a record"
 
 
+@pytest.mark.parametrize("text,message", [
+    ('{"chosen": "beta=99"}', "chose 'beta=99', which is not one of paper, beta=1, step2 lr/10"),
+    ("{not json", "is not a held-out study's record"),
+])
+def test_bad_study_record_is_named_before_any_work(tmp_path, capsys, text, message):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "study.json").write_text(text)
+    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path / "results" / "study.json") in err
+    assert "rerun python -m tools.replicate study" in err
+    assert not (tmp_path / "work").exists()
+
+
 def test_paper_scale_needs_weights(tmp_path, capsys):
     assert R.main(["table3", "--scale", "paper", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 1
     assert "--scale paper needs --weights" in capsys.readouterr().err

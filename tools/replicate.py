@@ -172,6 +172,12 @@ class Cost:
         else:
             self.seconds[kind] = round(self.seconds.get(kind, 0.0) + seconds, 1)
 
+    def add_record(self, kind, run_dir, what, step=None):
+        """The seconds a run folder's params.json recorded (of `step`, or the whole run)."""
+        with open(os.path.join(run_dir, "params.json")) as f:
+            record = json.load(f)
+        self.add(kind, record["steps"][step].get("seconds") if step else record.get("seconds"), what)
+
     def summary(self):
         return dict(seconds=self.seconds, total_seconds=round(sum(self.seconds.values()), 1),
                     unrecorded=self.unrecorded)
@@ -182,9 +188,27 @@ class Cost:
                 + (f"; {len(self.unrecorded)} parts without a record" if self.unrecorded else ""))
 
 
-def _run_steps(run_dir):
-    with open(os.path.join(run_dir, "params.json")) as f:
-        return json.load(f).get("steps", {})
+# The steps of a run folder a table row owns (default: all): triplet-only is TQN's step 1.
+OWN_STEPS = {"triplet": ("1",), "tqn": ("2",)}
+
+
+def held_out_choice(results, name, variants, default):
+    """The setting results/<name> (written by the study artefact) chose, or None when there is
+    no such file or it chose `default`; a file that is not a study's record is a ValueError
+    naming it."""
+    path = os.path.join(results, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            chosen = json.load(f)["chosen"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a held-out study's record ({e!r}); delete it or rerun "
+                         f"python -m tools.replicate study") from None
+    if chosen not in variants:
+        raise ValueError(f"{path} chose {chosen!r}, which is not one of {', '.join(variants)}; "
+                         f"rerun python -m tools.replicate study")
+    return None if chosen == default else chosen
 
 
 def dsh_view(blobs_c2, folder):
@@ -391,15 +415,14 @@ def study(args, results):
     chosen = {}
     cost = Cost()
     if warm:
-        with open(os.path.join(root, "warm_start", "params.json")) as f:
-            cost.add("warm start", json.load(f).get("seconds"), "study warm start")
+        cost.add_record("warm start", os.path.join(root, "warm_start"), "study warm start")
     if "tqn" in args.study_methods:
         out = {}
         for bits in args.study_bits:
             step1 = os.path.join(root, f"{bits}bits", "step1")
             say(f"study, {bits} bits: step 1 on the 45,000 held-in images -> {step1}")
             train_tqn(args, data, bits, step1, [1])
-            cost.add("training", _run_steps(step1)["1"].get("seconds"), f"{bits} bits TQN step 1")
+            cost.add_record("training", step1, f"{bits} bits TQN step 1", step="1")
             for name, variant in STUDY_VARIANTS.items():
                 run = os.path.join(root, f"{bits}bits", name.replace(" ", "_").replace("/", "_"))
                 say(f"study, {bits} bits: step 2, {name}")
@@ -456,35 +479,25 @@ def run(args):
             if os.path.exists(os.path.join(results, name)):
                 print(open(os.path.join(results, name)).read())
         return dict(chosen=chosen)
+    # The held-out choices (OUT/results/study*.json), checked before any work is done.
+    recommended = held_out_choice(results, "study.json", STUDY_VARIANTS, "paper") \
+        if "tqn" in methods else None
+    dnnh_choice = held_out_choice(results, "study_dnnh.json", DNNH_STUDY_VARIANTS, "default") \
+        if "dnnh" in methods else None
     folders = prepare_data(args, args.work)
     data = folders["cifar10-2"]
     args.start_weights = args.weights
     warm = args.warm_start_iters if args.warm_start_iters is not None else scale_cfg["warm_start_iters"]
+    cost = Cost()
     if warm:
         say(f"warm start: {warm} iterations")
         args.start_weights = W.warm_start(data, "cifar10", args.scale, warm,
                                           os.path.join(args.work, "warm_start"), seed=args.seed,
                                           quiet=args.quiet)
-    cost = Cost()
-    if warm:
-        with open(os.path.join(args.work, "warm_start", "params.json")) as f:
-            cost.add("warm start", json.load(f).get("seconds"), "warm start")
+        cost.add_record("warm start", os.path.join(args.work, "warm_start"), "warm start")
     rows = {p: [] for p in PROTOCOLS}
     evals = {p: {} for p in PROTOCOLS}
     runs = {}
-    recommended = None
-    study_json = os.path.join(results, "study.json")
-    if "tqn" in methods and os.path.exists(study_json):
-        with open(study_json) as f:
-            chosen = json.load(f)["chosen"]
-        if chosen != "paper":
-            recommended = chosen
-    dnnh_choice = None
-    study_dnnh = os.path.join(results, "study_dnnh.json")
-    if "dnnh" in methods and os.path.exists(study_dnnh):
-        with open(study_dnnh) as f:
-            dnnh_choice = json.load(f)["chosen"]
-        dnnh_choice = None if dnnh_choice == "default" else dnnh_choice
     args.dnnh_label = f"held-out choice: {dnnh_choice}" if dnnh_choice else ""
     for bits in args.bits:
         models = models_of(args, data, bits, methods)
@@ -506,16 +519,15 @@ def run(args):
             blobs = {"cifar10-2": os.path.join(args.work, "blobs", f"{bits}bits", label, "cifar10-2")}
             meta = X.extract(data, "cifar10", args.scale, bits, model, blobs["cifar10-2"], method=method)
             cost.add("extraction", meta.get("seconds"), f"{bits} bits {label}")
-            for step, info in _run_steps(run_dir).items():
-                if label != "triplet" and not (label == "tqn" and step == "1"):  # step 1: triplet's
+            with open(os.path.join(run_dir, "params.json")) as f:
+                record = json.load(f)
+            # triplet and tqn share one run folder: step 1 is triplet's cost, step 2 TQN's
+            for step, info in record.get("steps", {}).items():
+                if step in OWN_STEPS.get(label, (step,)):
                     cost.add("training", info.get("seconds"), f"{bits} bits {label} step {step}")
-                elif label == "triplet" and step == "1":
-                    cost.add("training", info.get("seconds"), f"{bits} bits triplet (TQN step 1)")
             blobs["dsh"] = dsh_view(blobs["cifar10-2"],
                                     os.path.join(args.work, "blobs", f"{bits}bits", label, "dsh"))
-            with open(os.path.join(run_dir, "params.json")) as f:
-                plan = json.load(f)["plan"]
-            its = "+".join(map(str, plan["iterations"][:1 if label == "triplet" else 2]))
+            its = "+".join(map(str, record["plan"]["iterations"][:1 if label == "triplet" else 2]))
             args.recommended_label = f"held-out choice: {recommended}" if recommended else ""
             for p in PROTOCOLS:
                 result = evaluate_cached(blobs[p], os.path.join(args.work, "eval", p, f"{bits}bits", label))

@@ -85,7 +85,13 @@ def latest_state(run, step, iters):
 def plan(args, manifest):
     """Every parameter of both steps, as recorded in params.json."""
     cfg = D.config(args.dataset, args.scale)
-    method = D.method(args.method)
+    overrides = dict(args.method_param)
+    if args.method == "tqn" and overrides:
+        raise TrainError("--method-param applies to dsh, dnnh and dqn; TQN's are --tqn")
+    try:
+        method = D.method_parameters(args.method, overrides)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if args.bits not in cfg["bits"] and not args.allow_any_bits:
         raise TrainError(f"{args.dataset}/{args.scale} is configured for {cfg['bits']} bits "
                          f"(Table I); pass --allow-any-bits to train {args.bits}")
@@ -101,14 +107,6 @@ def plan(args, manifest):
         if args.tqn:
             raise TrainError(f"--tqn applies to method tqn, not {args.method}")
         iters, lrs, tqn = [sum(iters)], lrs[:1], None
-    overrides = dict(getattr(args, "method_param", None) or [])
-    if args.method == "tqn" and overrides:
-        raise TrainError("--method-param applies to dsh, dnnh and dqn; TQN's are --tqn")
-    try:
-        method = D.method_parameters(args.method, overrides)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    if args.method != "tqn":
         if method["batches"] == "shuffled" and "shuffled" not in manifest:
             raise TrainError(f"{args.data} has no shuffled.txt (the pairwise batches of "
                              f"{args.method}); rebuild it with this version of data_prep.build")
