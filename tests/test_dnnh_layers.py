@@ -416,8 +416,8 @@ force_backward: true
 @pytest.mark.parametrize("gradient", ["EXACT", "STRAIGHT_THROUGH"])
 def test_saturated_codes_get_no_gradient_only_with_the_exact_gradient(tmp_path, caffe_build, gradient):
     """Why DNNH's CIFAR-10 CPU-scale run (12 bits, our default EXACT gradient) stopped learning:
-    its sigmoid outputs ended outside the band [0.4, 0.6] (all but 2 of 120,000 query values
-    were exactly 0 or 1, on one code) and g's exact derivative is 0 there, so even a wrongly
+    its sigmoid outputs ended outside the band [0.4, 0.6] (every image on one code, its
+    real-valued mAP equal to the binary one) and g's exact derivative is 0 there, so even a wrongly
     ranked triplet sends no gradient back: a wrong saturated bit can never be corrected by the
     loss. The straight-through gradient passes the ranking loss's gradient on."""
     n, bits = 3 * 4, 12
