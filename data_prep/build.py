@@ -10,8 +10,10 @@ inshop --root <In-shop folder with Eval/ and Img/>; images --root <folder with o
 --list <"path label" file> (paths relative to --root, else to the list's folder); digits: nothing.
 
 Output folder DIR:
-  dataset.json                  manifest: parameters, counts, LMDB facts, sha256 of the list files; written
-                                last, so its presence means the build completed
+  dataset.json                  manifest and completion marker (data_prep.outputs): "inputs" (the
+                                parameters), counts, LMDB facts, and "outputs": the size and sha256 of
+                                every list file and LMDB data file; written last, so its presence means
+                                the build completed
   splits/<protocol>/{train,query,database}.txt, split.json
   lmdb/train, lmdb/query        Datum LMDBs, key %08d = line of the list file
   lmdb/database                 an LMDB, or a symlink to train or query when the sets are identical
@@ -21,8 +23,8 @@ Output folder DIR:
                                 (the pairwise methods' batches: DSH, DQN)
   mean.binaryproto, mean.json   train mean (Caffe channel order)
 
-Reruns: with the same parameters over a complete folder (dataset.json present, files matching their
-sha256, LMDBs with their record counts) nothing is done. Different parameters into a folder that holds a
+Reruns: with the same parameters over a complete folder (dataset.json present, every output with its
+recorded size and sha256, so damage inside an LMDB is seen too) nothing is done. Different parameters into a folder that holds a
 build -> DataPrepError. The source is part of the parameters: an archive / list / partition file by path,
 size and mtime; an image folder (and In-shop's Img/, and the images of a list file) by a hash of every
 image's path, size and mtime; digits by scikit-learn's version. So a changed source is refused too;
@@ -31,6 +33,7 @@ a crash) is rebuilt. Each output appears atomically (temporary name, then rename
 runs are removed; a lock keeps two builds out of one folder.
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,17 +41,41 @@ import platform
 import shutil
 import sys
 import time
+from typing import Optional, Tuple
 
 import numpy as np
 
 from . import readers
-from .atomic import (OutputLock, atomic_symlink, remove_stale_temporaries, sha256_file, write_json)
+from .outputs import (OutputLock, atomic_symlink, differences, incomplete_reasons, load_marker,
+                      mark_complete, remove_stale_temporaries)
 from .errors import DataPrepError
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SINGLETON_POLICIES, make_split, save_split
 from .triplets import check_triplets, generate_triplets, write_shuffled, write_triplets
 
-FORMAT = 'tqn-data-prep/2'
+FORMAT = 'tqn-data-prep/3'
 DATASETS = ('digits', 'cifar10', 'inshop', 'images')
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+    """Every setting of a build, resolved (what `python -m data_prep.build` parses into)."""
+    dataset: str
+    out: str
+    archive: Optional[str] = None
+    root: Optional[str] = None
+    list: Optional[str] = None
+    protocol: Optional[str] = None
+    seed: int = 0
+    epochs: int = 40
+    batch_triplets: int = 32
+    encode: str = 'raw'
+    resize: Optional[Tuple[int, int]] = None
+    stock_triplet_epochs: int = 0
+    query_share: float = 0.2
+    singletons: str = 'error'
+    splits_only: bool = False
+    force: bool = False
+    quiet: bool = False
 
 
 def parse_resize(text):
@@ -123,110 +150,79 @@ def _image_tree(root):
                 yield os.path.join(dirpath, f)
 
 
-def source_of(args):
-    if args.dataset == 'digits':
+def source_of(spec):
+    if spec.dataset == 'digits':
         import sklearn
         return {'path': 'sklearn.datasets.load_digits', 'sklearn': sklearn.__version__}
-    if args.dataset == 'cifar10':
-        if not args.archive:
+    if spec.dataset == 'cifar10':
+        if not spec.archive:
             raise DataPrepError('--dataset cifar10 needs --archive (cifar-10-binary.tar.gz, '
                                 'cifar-10-python.tar.gz or an extracted batches folder)')
-        if not os.path.exists(args.archive):
-            raise DataPrepError(f'{args.archive}: no such archive or folder')
-        return _fingerprint(args.archive)
-    if args.dataset == 'inshop':
-        if not args.root:
+        if not os.path.exists(spec.archive):
+            raise DataPrepError(f'{spec.archive}: no such archive or folder')
+        return _fingerprint(spec.archive)
+    if spec.dataset == 'inshop':
+        if not spec.root:
             raise DataPrepError('--dataset inshop needs --root (the In-shop folder holding Eval/ and Img/)')
         from .readers.inshop import find_partition_file
-        src = dict(_fingerprint(find_partition_file(args.root)), root=os.path.realpath(args.root))
-        img = os.path.join(args.root, 'Img')
-        if not args.splits_only and os.path.isdir(img):
+        src = dict(_fingerprint(find_partition_file(spec.root)), root=os.path.realpath(spec.root))
+        img = os.path.join(spec.root, 'Img')
+        if not spec.splits_only and os.path.isdir(img):
             src['images'] = _files_fingerprint(list(_image_tree(img)), img)
         return src
-    if args.list:
-        src = _fingerprint(args.list)
-        src['root'] = os.path.realpath(args.root) if args.root else None
-        listed = readers.read_image_list(args.list, args.root)
+    if spec.list:
+        src = _fingerprint(spec.list)
+        src['root'] = os.path.realpath(spec.root) if spec.root else None
+        listed = readers.read_image_list(spec.list, spec.root)
         src['images'] = _files_fingerprint(listed.paths, '/')
         return src
-    if not args.root:
+    if not spec.root:
         raise DataPrepError('--dataset images needs --root (a folder with one subfolder per class) or --list')
-    if not os.path.isdir(args.root):
-        raise DataPrepError(f'{args.root}: not a folder')
-    return dict(_fingerprint(args.root), images=_files_fingerprint(list(_image_tree(args.root)), args.root))
+    if not os.path.isdir(spec.root):
+        raise DataPrepError(f'{spec.root}: not a folder')
+    return dict(_fingerprint(spec.root), images=_files_fingerprint(list(_image_tree(spec.root)), spec.root))
 
 
-def parameters(args):
-    protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
-    if protocol not in PROTOCOLS[args.dataset]:
-        raise DataPrepError(f'--protocol {protocol} does not apply to --dataset {args.dataset}; choose one of '
-                            f'{", ".join(PROTOCOLS[args.dataset])}')
-    if args.epochs < 1 or args.batch_triplets < 1 or args.stock_triplet_epochs < 0:
+def parameters(spec):
+    protocol = spec.protocol or DEFAULT_PROTOCOL[spec.dataset]
+    if protocol not in PROTOCOLS[spec.dataset]:
+        raise DataPrepError(f'--protocol {protocol} does not apply to --dataset {spec.dataset}; choose one of '
+                            f'{", ".join(PROTOCOLS[spec.dataset])}')
+    if spec.epochs < 1 or spec.batch_triplets < 1 or spec.stock_triplet_epochs < 0:
         raise DataPrepError('--epochs and --batch-triplets must be >= 1, --stock-triplet-epochs >= 0')
-    if args.stock_triplet_epochs > args.epochs:
-        raise DataPrepError(f'--stock-triplet-epochs {args.stock_triplet_epochs} exceeds --epochs {args.epochs}')
-    if args.splits_only and args.stock_triplet_epochs:
+    if spec.stock_triplet_epochs > spec.epochs:
+        raise DataPrepError(f'--stock-triplet-epochs {spec.stock_triplet_epochs} exceeds --epochs {spec.epochs}')
+    if spec.splits_only and spec.stock_triplet_epochs:
         raise DataPrepError('--splits-only writes no LMDB: drop --stock-triplet-epochs')
     return {
-        'dataset': args.dataset, 'protocol': protocol, 'seed': args.seed, 'epochs': args.epochs,
-        'batch_triplets': args.batch_triplets, 'encode': args.encode,
-        'resize': list(args.resize) if args.resize else None,
-        'stock_triplet_epochs': args.stock_triplet_epochs,
-        'query_share': args.query_share if protocol == 'stratified' else None,
-        'singletons': args.singletons, 'splits_only': bool(args.splits_only),
-        'source': source_of(args),
+        'dataset': spec.dataset, 'protocol': protocol, 'seed': spec.seed, 'epochs': spec.epochs,
+        'batch_triplets': spec.batch_triplets, 'encode': spec.encode,
+        'resize': list(spec.resize) if spec.resize else None,
+        'stock_triplet_epochs': spec.stock_triplet_epochs,
+        'query_share': spec.query_share if protocol == 'stratified' else None,
+        'singletons': spec.singletons, 'splits_only': bool(spec.splits_only),
+        'source': source_of(spec),
     }
 
 
 def load_manifest(out):
-    path = os.path.join(out, 'dataset.json')
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and m.get('format') == FORMAT else None
-
-
-def manifest_problems(out, m):
-    """What is missing or changed in a folder compared with its manifest ([] = complete)."""
-    from .lmdb_io import lmdb_count
-    problems = []
-    for rel, digest in m.get('files', {}).items():
-        p = os.path.join(out, rel)
-        if not os.path.isfile(p):
-            problems.append(f'{rel} is missing')
-        elif sha256_file(p) != digest:
-            problems.append(f'{rel} changed')
-    for name, info in (m.get('lmdb') or {}).items():
-        p = os.path.join(out, info['path'])
-        try:
-            if lmdb_count(p) != info['count']:
-                problems.append(f'{info["path"]} has another record count')
-        except Exception:  # noqa: BLE001 - anything unreadable means: rebuild
-            problems.append(f'{info["path"]} is missing or unreadable')
-    return problems
-
-
-def _differences(old, new):
-    keys = sorted(set(old) | set(new))
-    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
+    """The manifest (dataset.json) of a build folder of this format, or None."""
+    m = load_marker(os.path.join(out, 'dataset.json'))
+    return m if m is not None and m.get('format') == FORMAT else None
 
 
 # ---------------------------------------------------------------- the build
 
-def read_dataset(args):
-    if args.dataset == 'digits':
+def read_dataset(spec):
+    if spec.dataset == 'digits':
         return readers.read_digits()
-    if args.dataset == 'cifar10':
-        return readers.read_cifar10(args.archive)
-    if args.dataset == 'inshop':
-        return readers.read_inshop(args.root)
-    if args.list:
-        return readers.read_image_list(args.list, args.root)
-    return readers.read_image_folder(args.root)
+    if spec.dataset == 'cifar10':
+        return readers.read_cifar10(spec.archive)
+    if spec.dataset == 'inshop':
+        return readers.read_inshop(spec.root)
+    if spec.list:
+        return readers.read_image_list(spec.list, spec.root)
+    return readers.read_image_folder(spec.root)
 
 
 def _say(quiet, *a):
@@ -234,54 +230,55 @@ def _say(quiet, *a):
         print(*a, flush=True)
 
 
-def build(args):
-    """Runs the build; returns the manifest dict (the existing one when nothing had to be done)."""
+def build(spec):
+    """Runs the build of `spec` (a BuildSpec); returns the manifest dict (the existing one when
+    nothing had to be done)."""
     t0 = time.monotonic()
-    params = parameters(args)
-    out = os.path.abspath(args.out)
+    params = parameters(spec)
+    out = os.path.abspath(spec.out)
     os.makedirs(out, exist_ok=True)
+    marker = os.path.join(out, 'dataset.json')
     with OutputLock(out):
         old = load_manifest(out)
         if old is not None:
-            if old.get('parameters') == params:
-                problems = manifest_problems(out, old)
-                if not problems:
-                    print(f'data_prep: {out} is complete with these parameters; nothing to do')
-                    return old
-                _say(args.quiet, f'data_prep: {out} is incomplete ({"; ".join(problems[:3])}); rebuilding')
-            elif not args.force:
+            problems = incomplete_reasons(marker, params)
+            if not problems:
+                print(f'data_prep: {out} is complete with these parameters; nothing to do')
+                return old
+            if old['inputs'] == json.loads(json.dumps(params)):
+                _say(spec.quiet, f'data_prep: {out} is incomplete ({"; ".join(problems[:3])}); rebuilding')
+            elif not spec.force:
                 raise DataPrepError(f'{out} holds a build with other parameters '
-                                    f'({_differences(old.get("parameters", {}), params)}); choose another '
+                                    f'({differences(old["inputs"], params)}); choose another '
                                     '--out, or pass --force to rebuild it in place')
-            os.unlink(os.path.join(out, 'dataset.json'))
+            os.unlink(marker)
         for p in remove_stale_temporaries(out):
-            _say(args.quiet, f'  removed leftover {p}')
-        manifest = _build(args, params, out)
+            _say(spec.quiet, f'  removed leftover {p}')
+        outputs, manifest = _build(spec, params, out)
         manifest['elapsed_seconds'] = round(time.monotonic() - t0, 2)
-        write_json(os.path.join(out, 'dataset.json'), manifest)
+        manifest = mark_complete(marker, params, outputs, **manifest)
     print(summary(out, manifest))
     return manifest
 
 
-def _build(args, params, out):
+def _build(spec, params, out):
     from .lmdb_io import MeanAccumulator, write_image_lmdb, write_mean, write_stock_triplet_lmdb
-    quiet = args.quiet
+    quiet = spec.quiet
     protocol = params['protocol']
     t = time.monotonic()
-    ds = read_dataset(args)
+    ds = read_dataset(spec)
     _say(quiet, f'data_prep: read {ds.name}: {len(ds):,} images, {len(ds.class_names):,} classes from '
                 f'{ds.source} ({time.monotonic() - t:.1f} s)')
-    split = make_split(ds, protocol, args.seed, args.query_share, args.singletons)
+    split = make_split(ds, protocol, spec.seed, spec.query_share, spec.singletons)
     split_dir = os.path.join(out, 'splits', protocol)
-    hashes = save_split(ds, split, split_dir)
-    files = {f'splits/{protocol}/{k}': v for k, v in hashes.items()}
-    files[f'splits/{protocol}/split.json'] = sha256_file(os.path.join(split_dir, 'split.json'))
+    written = save_split(ds, split, split_dir)
+    outputs = [f'splits/{protocol}/{name}' for name in written] + [f'splits/{protocol}/split.json']
     _say(quiet, f'data_prep: protocol {protocol}: train {len(split.train):,}, query {len(split.query):,}, '
                 f'database {len(split.database):,}')
 
     lmdb_info, mean_info, stock_info = {}, None, None
     made = set()
-    if not args.splits_only:
+    if not spec.splits_only:
         if not ds.has_pixels:
             raise DataPrepError(f'{ds.source}: no pixels available; use --splits-only')
         acc = MeanAccumulator()
@@ -295,45 +292,46 @@ def _build(args, params, out):
                 lmdb_info[name] = dict(lmdb_info[same], path=f'lmdb/{name}', same_as=same)
                 _say(quiet, f'data_prep: lmdb/{name} = lmdb/{same} (identical set; symlink, not written twice)')
             else:
-                info = write_image_lmdb(path, ds, rows, args.encode, args.resize,
+                info = write_image_lmdb(path, ds, rows, spec.encode, spec.resize,
                                         mean=acc if name == 'train' else None, progress=not quiet, what=name)
                 lmdb_info[name] = dict(info, path=f'lmdb/{name}')
             made.add(name)
         mean_info = write_mean(out, acc, protocol)
-        files['mean.json'] = sha256_file(os.path.join(out, 'mean.json'))
+        outputs.append('mean.json')
         if mean_info['binaryproto']:
-            files['mean.binaryproto'] = sha256_file(os.path.join(out, 'mean.binaryproto'))
+            outputs.append('mean.binaryproto')
 
     train_labels = ds.labels[split.train]
-    tmeta = write_triplets(out, train_labels, args.seed, args.epochs, args.batch_triplets, protocol,
+    tmeta = write_triplets(out, train_labels, spec.seed, spec.epochs, spec.batch_triplets, protocol,
                            progress=not quiet)
     # The pairwise methods' batches: 3 x as many epochs of n/3 lines, as many lines as triplets.txt.
-    smeta = write_shuffled(out, len(train_labels), args.seed, 3 * args.epochs, protocol,
+    smeta = write_shuffled(out, len(train_labels), spec.seed, 3 * spec.epochs, protocol,
                            progress=not quiet)
-    for f in ('triplets.txt', 'triplets.json', 'shuffled.txt', 'shuffled.json'):
-        files[f] = sha256_file(os.path.join(out, f))
-    if args.stock_triplet_epochs:
-        k = args.stock_triplet_epochs
-        trip = generate_triplets(train_labels, args.seed, k)
+    outputs += ['triplets.txt', 'triplets.json', 'shuffled.txt', 'shuffled.json']
+    if spec.stock_triplet_epochs:
+        k = spec.stock_triplet_epochs
+        trip = generate_triplets(train_labels, spec.seed, k)
         check_triplets(trip, train_labels)
         stock_info = write_stock_triplet_lmdb(os.path.join(out, 'lmdb', 'train_triplets_stock'),
                                               os.path.join(out, 'lmdb', 'train'), trip,
-                                              tmeta['triplets_per_epoch'], args.batch_triplets, epochs=k,
+                                              tmeta['triplets_per_epoch'], spec.batch_triplets, epochs=k,
                                               progress=not quiet)
         lmdb_info['train_triplets_stock'] = {'path': 'lmdb/train_triplets_stock', 'count': stock_info['records'],
                                              'bytes': stock_info['bytes'], 'disk_bytes': stock_info['disk_bytes']}
         made.add('train_triplets_stock')
     _remove_outputs_of_other_builds(out, protocol, made, mean_info)
+    # Every LMDB written (not the symlinks to another): its data file is hashed at completion,
+    # so damage inside it (not only a changed record count) is seen on the rerun.
+    outputs += [f'{info["path"]}/data.mdb' for info in lmdb_info.values() if not info.get('same_as')]
 
     from .datum import caffe_pb2_origin
     import cv2
     import lmdb
-    return {
+    return outputs, {
         'format': FORMAT,
-        'parameters': params,
         'dataset': ds.name,
         'protocol': protocol,
-        'seed': args.seed,
+        'seed': spec.seed,
         'source': ds.source,
         'notes': ds.notes + split.notes,
         'counts': {n: int(len(split.rows(n))) for n in ('train', 'query', 'database')},
@@ -347,7 +345,6 @@ def _build(args, params, out):
         'triplets': {k: tmeta[k] for k in ('seed', 'epochs', 'triplets_per_epoch', 'total', 'batch_size')},
         'shuffled': {k: smeta[k] for k in ('seed', 'epochs', 'lines_per_epoch', 'total')},
         'mean': mean_info,
-        'files': files,
         'caffe_pb2': caffe_pb2_origin() if lmdb_info else None,
         'versions': {'python': platform.python_version(), 'numpy': np.__version__, 'opencv': cv2.__version__,
                      'lmdb': lmdb.__version__},
@@ -413,7 +410,7 @@ def summary(out, m):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        build(args)
+        build(BuildSpec(**vars(args)))
     except DataPrepError as e:
         print(f'data_prep: error: {e}', file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_dir, write_json
+from .outputs import atomic_dir, write_json
 from .datum import (datum_to_image, decode_image, encode_image, make_datum, mean_blob, parse_datum,
                     read_mean_blob)
 from .errors import DataPrepError
@@ -191,7 +191,7 @@ def _disk(path):
 
 def write_mean(folder, acc, protocol=None):
     """mean.binaryproto (1 x C x H x W, when sizes are uniform) and mean.json; returns the json dict."""
-    from .atomic import atomic_file
+    from .outputs import atomic_file
     img = acc.mean_image()
     if img is not None:
         with atomic_file(os.path.join(folder, 'mean.binaryproto'), 'wb') as f:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import sha256_file, write_json, write_text
+from .outputs import sha256_file, write_json, write_text
 from .errors import DataPrepError
 
 PROTOCOLS = {

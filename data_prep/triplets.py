@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_file, write_json
+from .outputs import atomic_file, write_json
 from .errors import DataPrepError
 from .progress import Progress
 

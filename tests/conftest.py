@@ -1,4 +1,4 @@
-"""Finds the Caffe build (tools/build_caffe.sh writes .build/caffe-cpu.env) and puts pycaffe,
+"""Finds the Caffe build (tools/caffe_build/build_caffe.sh writes .build/caffe-cpu.env) and puts pycaffe,
 this project's Python layers and the checkout on sys.path, so `pytest tests/` works after a build
 even without `. tools/env.sh`."""
 import os
@@ -34,7 +34,7 @@ def caffe_build():
     """Paths of the Caffe build: CAFFE_ROOT (source + pycaffe), CAFFE_BUILD, TQN_PYTHON, and
     the `caffe` and gtest binaries."""
     if "CAFFE_BUILD" not in BUILD:
-        pytest.fail("no Caffe build: run tools/build_caffe.sh (or tests/run.sh) first")
+        pytest.fail("no Caffe build: run tools/caffe_build/build_caffe.sh (or tests/run.sh) first")
     paths = dict(BUILD)
     paths["caffe"] = os.path.join(BUILD["CAFFE_BUILD"], "tools", "caffe")
     paths["gtest"] = os.path.join(BUILD["CAFFE_BUILD"], "test", "test.testbin")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: builds what it needs, then runs
-#  1. the CUDA compile+link check of Caffe with this project's .cu files (tools/build_caffe.sh
+#  1. the CUDA compile+link check of Caffe with this project's .cu files (tools/caffe_build/build_caffe.sh
 #     --cuda-check; cached, so only the first run pays for it; skip with --no-cuda);
 #  2. this project's C++ gtests (hand-computed forward, GradientChecker) in Caffe's gtest binary;
 #  3. Caffe's own CPU gtest suite, which must still pass with this project's patches;
@@ -13,10 +13,10 @@ if [ "${1:-}" = "--no-cuda" ]; then CUDA=0; shift; fi
 step() { echo; echo "=== $* ==="; }
 
 step "build (CPU)"
-bash "$ROOT/tools/build_caffe.sh"
+bash "$ROOT/tools/caffe_build/build_caffe.sh"
 if [ "$CUDA" = 1 ]; then
   step "CUDA compile+link check"
-  bash "$ROOT/tools/build_caffe.sh" --cuda-check
+  bash "$ROOT/tools/caffe_build/build_caffe.sh" --cuda-check
 fi
 # shellcheck disable=SC1091
 . "$ROOT/tools/env.sh"

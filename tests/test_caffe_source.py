@@ -1,4 +1,4 @@
-"""tools/caffe_source.py: pinned-hash verification, the extracted-folder tree hash, the guarded
+"""tools/caffe_build/caffe_source.py: pinned-hash verification, the extracted-folder tree hash, the guarded
 extraction, and reading the mirror from apt's own configuration (no network needed)."""
 import io
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import caffe_source as S
+from tools.caffe_build import caffe_source as S
 
 
 def test_tree_hash_ignores_order_and_sees_content():
@@ -114,11 +114,11 @@ def test_source_key_covers_every_patch():
 def _sync(src, dst):
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(["cmake", f"-DFROM={src}", f"-DTO={dst}", "-P",
-                           str(root / "tools" / "sync_layers.cmake")], capture_output=True, text=True)
+                           str(root / "tools" / "caffe_build" / "sync_layers.cmake")], capture_output=True, text=True)
 
 
 def test_layer_sync_writes_only_files_whose_content_differs(tmp_path):
-    """The build compiles a mirror of layers/include and layers/src (tools/sync_layers.cmake):
+    """The build compiles a mirror of layers/include and layers/src (tools/caffe_build/sync_layers.cmake):
     an unchanged file keeps its time stamp (ninja does not recompile it, so a fresh clone of the
     same commit compiles nothing), a changed one is rewritten, a removed one is deleted."""
     src, dst = tmp_path / "layers", tmp_path / "mirror"

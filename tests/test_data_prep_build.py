@@ -50,7 +50,7 @@ def test_digits_layout_and_contents(digits_out):
         assert (out / rel).is_file(), rel
     assert os.readlink(out / 'lmdb' / 'database') == 'train'                   # not written twice
     m = json.loads((out / 'dataset.json').read_text())
-    assert m['protocol'] == 'digits' and m['parameters']['seed'] == 0 and m['database_is_train']
+    assert m['protocol'] == 'digits' and m['inputs']['seed'] == 0 and m['database_is_train']
     assert m['lmdb']['database']['same_as'] == 'train' and m['counts']['query'] == 359
     ids, labels = load_list(str(out / 'splits/digits/train.txt'))
     keys, images, lmdb_labels, datums = read_image_lmdb(str(out / 'lmdb/train'))
@@ -88,7 +88,7 @@ def test_other_parameters_refused_then_force(tmp_path, capsys):
     assert (out / 'triplets.txt').read_text() == first
     assert _run('--dataset', 'digits', '--out', str(out), '--epochs', '2', '--seed', '1', '--force') == 0
     assert (out / 'triplets.txt').read_text() != first
-    assert json.loads((out / 'dataset.json').read_text())['parameters']['seed'] == 1
+    assert json.loads((out / 'dataset.json').read_text())['inputs']['seed'] == 1
     (out / 'triplets.txt').unlink()                                            # incomplete -> rebuilt
     assert _run('--dataset', 'digits', '--out', str(out), '--epochs', '2', '--seed', '1') == 0
     assert (out / 'triplets.txt').is_file()

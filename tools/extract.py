@@ -37,7 +37,7 @@ import numpy as np
 from prototxt import description as D
 from prototxt import generate as G
 from tools import codes as C
-from tools.caffe_source import sha256_file as sha256
+from data_prep.outputs import sha256_file as sha256
 
 THRESHOLD = 0.5  # PAPER: "b = 1 if the feature f exceeds 0.5"
 

@@ -29,7 +29,7 @@ import time
 
 from prototxt import description as D
 from prototxt import generate as G
-from tools.caffe_source import sha256_file
+from data_prep.outputs import sha256_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-# cmake -DLIBRARY=.../libcaffe.so -P tools/verify_cuda_build.cmake
+# cmake -DLIBRARY=.../libcaffe.so -P tools/caffe_build/verify_cuda_build.cmake
 # Fails unless the library is a CUDA build holding this project's kernels: it must need the
 # CUDA runtime, cuBLAS and cuRAND, and contain the device code of every layer of layers/.
 execute_process(COMMAND readelf -d "${LIBRARY}" OUTPUT_VARIABLE _dynamic RESULT_VARIABLE _rc)

@@ -15,7 +15,7 @@ The patched tree is kept under the cache folder, named by a key over the sources
 every patch, so a rerun with nothing changed finds it and does nothing. This script
 uses only the Python standard library: it runs before any virtual environment exists.
 
-    python3 tools/caffe_source.py [--source PATH] [--cache DIR]   # prints the tree's path
+    python3 tools/caffe_build/caffe_source.py [--source PATH] [--cache DIR]   # prints the tree's path
 """
 import argparse
 import contextlib
@@ -40,8 +40,11 @@ PINNED_SHA256 = {
 # (what `tree_hash` computes); lets an extracted folder be verified like the tarball.
 PINNED_ORIG_TREE_SHA256 = "27a6179b8be42995997e33bbb755ad1444ab0fae552243768d40153c5c198576"
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATCH_DIRS = [os.path.join(REPO, "tools", "caffe_patches"), os.path.join(REPO, "layers", "proto")]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PATCH_DIRS = [os.path.join(REPO, "tools", "caffe_build", "patches"), os.path.join(REPO, "layers", "proto")]
+if REPO not in sys.path:  # run as a script by CMake: the checkout's data_prep.outputs hashes files
+    sys.path.insert(0, REPO)
+from data_prep.outputs import sha256_file  # noqa: E402 (standard library only)
 
 
 class SourceError(RuntimeError):
@@ -52,14 +55,6 @@ def default_cache():
     base = os.environ.get("TQN_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tqn-caffe")
     return base
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_hash(files):
@@ -92,10 +87,12 @@ def patch_files():
 
 
 def source_key(orig_id, debian_id):
+    """The key of the patched tree: the sources and every patch (by name and content, in the
+    order they apply; not by folder, so moving the patches' folder keeps the key)."""
     h = hashlib.sha256()
     h.update(f"{VERSION}\n{orig_id}\n{debian_id}\n".encode())
     for p in patch_files():
-        h.update(os.path.relpath(p, REPO).encode() + b"\0")
+        h.update(os.path.basename(p).encode() + b"\0")
         with open(p, "rb") as f:
             h.update(hashlib.sha256(f.read()).hexdigest().encode() + b"\n")
     return h.hexdigest()[:16]

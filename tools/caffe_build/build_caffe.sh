@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build BVLC Caffe with this project's layers, installing what the build needs first.
 #
-#   tools/build_caffe.sh                 # CPU build: libcaffe, tools, pycaffe, gtest binary
-#   tools/build_caffe.sh --cuda-check    # CUDA build (compiled and linked, not run: no GPU here)
-#   tools/build_caffe.sh --source DIR    # offline: Debian's caffe source tarballs (or folder) in DIR
+#   tools/caffe_build/build_caffe.sh                 # CPU build: libcaffe, tools, pycaffe, gtest binary
+#   tools/caffe_build/build_caffe.sh --cuda-check    # CUDA build (compiled and linked, not run: no GPU here)
+#   tools/caffe_build/build_caffe.sh --source DIR    # offline: Debian's caffe source tarballs (or folder) in DIR
 #
 # It is a thin wrapper over the top-level CMakeLists.txt:
 #  1. installs the Debian packages the build needs (apt-get; through sudo when not root), saying so;
@@ -18,7 +18,7 @@
 #     Python are (read by tools/env.sh).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=${TQN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tqn-caffe}
 VARIANT=cpu
 SOURCE=""

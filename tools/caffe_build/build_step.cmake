@@ -1,5 +1,5 @@
 # The build step of the top-level CMakeLists.txt (run under the build folder's lock):
-#   cmake -DSETTINGS=<superbuild>/caffe-build-settings.cmake -P tools/caffe_build_step.cmake
+#   cmake -DSETTINGS=<superbuild>/caffe-build-settings.cmake -P tools/caffe_build/build_step.cmake
 # One Caffe build folder serves every checkout with the same key. The checkout's C++/CUDA layer
 # sources (LAYERS_DIR/include, LAYERS_DIR/src) are first synced into a mirror beside the build
 # folder: a file is written only when its content differs, and files gone from the checkout are
