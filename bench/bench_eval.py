@@ -16,7 +16,7 @@ probability 0.3 (random codes with class structure, so mAP is informative and ti
 realistic); labels = classes. Queries and database are drawn independently.
 
 Sections (``--sections``):
-  ours        tools.metrics.evaluate_codes: tie-aware + index-order mAP and mAP@R (ks=(),
+  ours        tools.hashing.metrics.evaluate_codes: tie-aware + index-order mAP and mAP@R (ks=(),
               radii=()); the full default evaluation (P@k, R@k, hit@k for k in 1,5,10,20,100,
               precision within radius 2); and the pure-numpy fallback (no C compiler), timed
               on a subset of queries and extrapolated linearly.
@@ -36,10 +36,10 @@ Sections (``--sections``):
               quantized data: nq queries x ndb database vectors, D = 300, M = 6 codebooks of
               K = 256 centroids (48 bits), 10 Gaussian clusters = classes; codebooks trained
               by faiss's ProductQuantizer (IndexPQ.train) on the database, then loaded as
-              OUR codebooks, and the database encoded by tools.pq.encode (its codes are
+              OUR codebooks, and the database encoded by tools.hashing.pq.encode (its codes are
               checked equal to faiss's). Timed, one thread each: exact tie-aware +
               index-order mAP (evaluate_adc, ks=() and the default ks), top-k search with
-              k = 1000 (tools.pq.search), the numpy fallback (subset, extrapolated); the naive
+              k = 1000 (tools.hashing.pq.search), the numpy fallback (subset, extrapolated); the naive
               brute force (decode the database, dense float32 scores with BLAS, np.argsort
               of every row, then AP / the first k; subset, extrapolated); and faiss IndexPQ
               search with k = 1000 holding the same codebooks and codes (its ids and scores
@@ -82,7 +82,7 @@ GOAL_BITS = 48
 
 def make_codes(bits, nq, ndb, seed, classes=10, flip=0.3):
     """Packed codes (big bit order, as on disk) and labels of queries and database."""
-    from tools.codes import pack_bits
+    from tools.hashing.codes import pack_bits
     rng = np.random.default_rng([seed, bits])
     prototypes = rng.random((classes, bits)) < 0.5
 
@@ -108,9 +108,9 @@ def timed(fn):
 
 
 def worker_ours(a):
-    from tools import _native
-    from tools import metrics as M
-    from tools.codes import to_words
+    from tools.hashing import native as _native
+    from tools.hashing import metrics as M
+    from tools.hashing.codes import to_words
     q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
     ks, radii = (FULL_KS, FULL_RADII) if a.variant == "full" else ((), ())
 
@@ -147,8 +147,8 @@ def worker_ours(a):
 
 def worker_faiss(a):
     import faiss
-    from tools import metrics as M
-    from tools import retrieval as RT
+    from tools.hashing import metrics as M
+    from tools.hashing import binary_index as RT
     faiss.omp_set_num_threads(a.threads)
     q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
     index, build_wall, build_cpu = timed(lambda: RT.build_index(db, a.bits, "flat"))
@@ -215,8 +215,8 @@ def calc_top_map(rB, qB, retrievalL, queryL, topk):
 
 
 def worker_reference(a):
-    from tools import metrics as M
-    from tools.codes import unpack_bits
+    from tools.hashing import metrics as M
+    from tools.hashing.codes import unpack_bits
     q, ql, db, dbl = make_codes(a.bits, a.nq, a.ndb, a.seed)
     n = min(a.timed or a.nq, a.nq)
     # the peers' inputs: +-1 float32 codes (torch.sign(...).numpy()) and one-hot labels
@@ -257,7 +257,7 @@ def worker_popcount(a):
 
 def make_pq_data(cfg, path):
     """Clustered float vectors, faiss-trained codebooks and our codes, saved to path (.npz)."""
-    from tools import pq
+    from tools.hashing import pq
     p = cfg["pq"]
     rng = np.random.default_rng([cfg["seed"], 48, 300])
     centers = rng.standard_normal((p["classes"], p["dim"])) * p["spread"]
@@ -296,9 +296,9 @@ def worker_adc(a):
     """One timing of the dqn_adc section (a.variant), on the data saved by make_pq_data (run
     by the variant "data" in a worker of its own: Linux keeps a process's peak RSS across
     fork + exec, so the parent must stay small for the workers' peaks to be their own)."""
-    from tools import _native
-    from tools import metrics as M
-    from tools import pq
+    from tools.hashing import native as _native
+    from tools.hashing import metrics as M
+    from tools.hashing import pq
     if a.variant == "data":
         cfg = json.loads(a.config)
         return make_pq_data(cfg, a.data)
@@ -672,7 +672,7 @@ def render_dqn_adc(result):
             else "") + f". Command: `{sec['command']}`.", ""]
     lines += [f"Data: {p['classes']} Gaussian clusters (= classes, centres x {p['spread']}, unit "
               f"noise); codebooks: {p['trainer']}, loaded as ours; database encoded by "
-              f"tools.pq.encode ({p['distinct_codes']:,} distinct codes"
+              f"tools.hashing.pq.encode ({p['distinct_codes']:,} distinct codes"
               + (f", {p['codes_equal_faiss']:.4%} equal to faiss's codes" if
                  "codes_equal_faiss" in p else "") + "). Ranking by DQN's AQD (inner "
               "product), one thread each, CPU seconds (ratios use them).", "",
@@ -701,7 +701,7 @@ def render_dqn_adc(result):
             f"its mAP {r['map']:.6f} (ties in quicksort order) = ours {r['map_index_order_ours']:.6f} "
             f"index order, {r['map_tie_aware_ours']:.6f} tie-aware on the same "
             f"{r['timed_queries']:,} queries")
-    row(f"ours: top-k search, k = {runs['search']['k']:,} (tools.pq.search)" if
+    row(f"ours: top-k search, k = {runs['search']['k']:,} (tools.hashing.pq.search)" if
         runs.get("search") else "", runs.get("search"))
     r = runs.get("brute_topk")
     if r:
@@ -761,7 +761,7 @@ def main(argv=None):
             cfg[key] = getattr(a, key)
     cfg.update(seed=a.seed, classes=10, flip=0.3, small=a.small, faiss_queries=a.faiss_queries)
     cfg["pq"] = dict(PQ, brute_queries=min(PQ["brute_queries"], cfg["nq"]))
-    from tools import _native
+    from tools.hashing import native as _native
     machine = common.machine()
     machine["native"] = _native.status()
     command = "python bench/bench_eval.py" + (" " + " ".join(argv if argv is not None

@@ -40,10 +40,10 @@ def trained_iterations(folder):
     for path in glob.glob(os.path.join(folder, "**", "params.json"), recursive=True):
         with open(path) as f:
             record = json.load(f)
-        plan = record["plan"]
-        if "steps" in record:               # tools.train: the steps this folder trained
+        plan = record["inputs"]
+        if "steps" in record:               # a training run: the steps this folder trained
             total += sum(plan["iterations"][int(s) - 1] for s in record["steps"])
-        else:                               # tools.warm_start
+        else:                               # a warm start
             total += plan["iterations"]
     return total
 
@@ -62,10 +62,10 @@ def main(argv=None):
     ap.add_argument("--model", default="24bits/dnnh-recommended",
                     help="the run (under WORK/runs) whose final model is extracted and evaluated")
     args = ap.parse_args(argv)
-    from tools import evaluate as E
-    from tools import extract as X
-    from tools import replicate as R
-    from tools import train as T
+    from tools.pipeline import blobs as B
+    from tools.pipeline import evaluation as E
+    from tools.pipeline import extraction as X
+    from tools.pipeline.training import final_model
 
     work = os.path.abspath(args.work)
     run = os.path.join(work, "runs", args.model)
@@ -85,19 +85,19 @@ def main(argv=None):
           f"(90th percentile of {n_rates} log lines)", flush=True)
 
     with open(os.path.join(run, "params.json")) as f:
-        p = json.load(f)["plan"]
-    model = T.final_model(run, len(p["iterations"]), p["iterations"][-1])
+        p = json.load(f)["inputs"]
+    model = final_model(run, len(p["iterations"]), p["iterations"][-1])
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         start = time.monotonic()
-        X.extract(p["data"], p["dataset"], p["scale"], p["bits"], model, os.path.join(tmp, "c2"),
-                  method=p["method"])
+        X.extract(X.ExtractSpec(data=p["data"], dataset=p["dataset"], scale=p["scale"], bits=p["bits"],
+                                weights=model, out=os.path.join(tmp, "c2"), method=p["method"]))
         extraction = time.monotonic() - start
         print(f"extraction of {args.model} (60,000 images): {extraction:.1f} s", flush=True)
         start = time.monotonic()
         E.evaluate(os.path.join(tmp, "c2"), num_classes=10)
         eval_c2 = time.monotonic() - start
         start = time.monotonic()
-        E.evaluate(R.dsh_view(os.path.join(tmp, "c2"), os.path.join(tmp, "dsh")), num_classes=10)
+        E.evaluate(B.write_dsh_view(os.path.join(tmp, "c2"), os.path.join(tmp, "dsh")), num_classes=10)
         eval_dsh = time.monotonic() - start
     print(f"evaluation: cifar10-2 {eval_c2:.1f} s, dsh {eval_dsh:.1f} s", flush=True)
     result["sections"]["per_model"] = dict(status="done", extraction_s=round(extraction, 1),

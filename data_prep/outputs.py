@@ -190,24 +190,35 @@ def describe_outputs(folder, paths):
     return out
 
 
-def output_problems(marker, record):
-    """What is missing or changed among the outputs `record` lists ([] = all as recorded)."""
+def damaged_outputs(marker, record):
+    """{relative path: what is wrong} of the outputs `record` lists that are missing or no longer
+    have their recorded size and sha256 ({} = all as recorded)."""
     folder = os.path.dirname(os.path.abspath(marker))
-    problems = []
+    damaged = {}
     for rel, want in (record.get('outputs') or {}).items():
         p = os.path.join(folder, rel)
         if not os.path.isfile(p):
-            problems.append(f'{rel} is missing')
+            damaged[rel] = 'is missing'
         elif os.path.getsize(p) != want.get('bytes') or sha256_file(p) != want.get('sha256'):
-            problems.append(f'{rel} changed since it was written (damaged or edited)')
-    return problems
+            damaged[rel] = 'changed since it was written (damaged or edited)'
+    return damaged
+
+
+def output_problems(marker, record):
+    """What is missing or changed among the outputs `record` lists ([] = all as recorded)."""
+    return [f'{rel} {what}' for rel, what in damaged_outputs(marker, record).items()]
+
+
+def changed_keys(old, new):
+    """The keys whose values differ between two dicts (compared after a JSON round trip)."""
+    old, new = _as_json(old or {}), _as_json(new or {})
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def differences(old, new):
     """'key: old -> new, ...' of two dicts (what makes an input differ)."""
     old, new = _as_json(old or {}), _as_json(new or {})
-    keys = sorted(set(old) | set(new))
-    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
+    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed_keys(old, new))
 
 
 def incomplete_reasons(marker, inputs):

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from data_prep.outputs import write_text
 from prototxt import description as D
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,12 +197,6 @@ def transform(backbone_name, train, mean_file=None):
     return t
 
 
-def _tqn_param(dataset, scale, bits):
-    t = D.PAPER_TRAINING
-    return dict(alpha_d=D.alpha_d(dataset, scale, bits), alpha_s=round(t["Delta"] ** 2, 6),
-                delta=round(4 * t["Delta"] ** 2, 6), beta=t["beta"], gamma=t["gamma"])
-
-
 def _param_text(d):
     return " ".join(f"{k}: {_value(v)}" for k, v in d.items())
 
@@ -223,26 +218,30 @@ def loss_layer(kind, name, weight, param, implementation="cpp"):
 
 def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batch_triplets=None,
               tqn_overrides=None, implementation="cpp", method="tqn", train_rows=None,
-              total_iters=None, method_overrides=None):
+              total_iters=None, method_overrides=None, first_triplet=0):
     """The training net of `method` and `step` (tqn: 1 triplet loss, 2 TQN; the others: 1)
     reading `images` (LMDB) and `triplets` (the list file: triplets.txt for the triplet methods,
     shuffled.txt for the pairwise ones). `tqn_overrides` replaces TQN parameters (e.g. beta) for
     studies; `implementation` "python" uses the pycaffe Python loss layers instead of the C++
     ones; `train_rows` (the train set's size) and `total_iters` (the run's iterations) set DQN's
     codebook schedule; `method_overrides` changes a method's training parameters
-    (D.TRAINING_OVERRIDES)."""
+    (D.TRAINING_OVERRIDES); `first_triplet` is the line of the list the data layer starts at
+    (step 2 continues where step 1 stopped; a resumed step where its snapshot was taken)."""
     cfg = D.config(dataset, scale)
     m = D.method_parameters(method, method_overrides)
     if step not in m["steps"]:
         raise ValueError(f"method {method} has steps {m['steps']}, not {step}")
     bs = batch_triplets or D.PAPER_TRAINING["batch_triplets"]
     pairwise = m["batches"] == "shuffled"
+    data_param = dict(source=images, triplet_source=triplets, batch_size=bs)
+    if first_triplet:
+        data_param["first_triplet"] = int(first_triplet)
     data = layer("data", "TripletData", top=["data", "label"] if pairwise else ["data"],
                  transform_param=transform(cfg["backbone"], True, mean_file),
-                 triplet_data_param=dict(source=images, triplet_source=triplets, batch_size=bs))
+                 triplet_data_param=data_param)
     parts = [data, *backbone(cfg["backbone"]), *hash_layers(bits, method, method_overrides)]
     if method == "tqn":
-        tqn = dict(_tqn_param(dataset, scale, bits), **(tqn_overrides or {}))
+        tqn = dict(D.tqn_parameters(dataset, scale, bits), **(tqn_overrides or {}))
         params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}
         names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
         s = D.STEPS[step]
@@ -263,10 +262,10 @@ def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batc
         parts.append(_pair_loss("DSHLoss", "dsh_loss", "dsh_loss_param", param, 1.0, implementation))
         what = "DSH: pairwise loss over all pairs of the batch"
     elif method == "dqn":
-        iters_per_epoch = -(-(train_rows or DEFAULT_TRAIN_SIZE[dataset]) // (3 * bs))
+        iters_per_epoch = -(-(train_rows or D.DEFAULT_TRAIN_SIZE[dataset]) // (3 * bs))
         parts += [_pair_loss("PairwiseCosineLoss", "cosine_loss", "pairwise_cosine_loss_param",
                              dict(dissimilar_value=m["dissimilar_value"]), 1.0, implementation),
-                  pq_layer(bits, iters_per_epoch, train_rows or DEFAULT_TRAIN_SIZE[dataset],
+                  pq_layer(bits, iters_per_epoch, train_rows or D.DEFAULT_TRAIN_SIZE[dataset],
                            m["pq_weight"], total_iters)]
         what = "DQN: pairwise cosine loss + product quantization loss (codebooks by k-means)"
     else:
@@ -332,30 +331,22 @@ def warm_start_net(dataset, scale, images, batch, mean_file=None):
 
 
 def solver(dataset, scale, step, net_path, max_iter, snapshot_prefix, seed, base_lr=None,
-           display=20, weights=None):
-    """SGD with the paper's momentum and weight decay; one snapshot at the end. `weights`
-    (SolverParameter.weights) initializes the net, e.g. step 2 from step 1's final model."""
+           display=20, weights=None, snapshots=1):
+    """SGD with the paper's momentum and weight decay; `snapshots` snapshots a run (the last at
+    the end). `weights` (SolverParameter.weights) initializes the net, e.g. step 2 from step
+    1's final model."""
     cfg = D.config(dataset, scale)
     t = D.PAPER_TRAINING
     lr = base_lr if base_lr is not None else cfg["base_lr"][step - 1]
     d = dict(net=net_path, base_lr=float(lr), lr_policy=t["lr_policy"], momentum=t["momentum"],
              weight_decay=t["weight_decay"], max_iter=int(max_iter), display=display,
-             snapshot=int(max_iter), snapshot_prefix=snapshot_prefix, random_seed=int(seed),
+             snapshot=max(1, int(max_iter) // max(1, snapshots)), snapshot_prefix=snapshot_prefix,
+             random_seed=int(seed),
              solver_mode=Enum("CPU"), type="SGD")
     if weights:
         d["weights"] = weights
     return (f"# {dataset} / {scale} scale / step {step}. Generated by python -m prototxt.generate.\n"
             + "\n".join(_fields(d, 0)) + "\n")
-
-
-def iterations(epochs, train_size, batch_triplets):
-    """One epoch = every training image once as an anchor."""
-    return epochs * -(-train_size // batch_triplets)
-
-
-# Default data locations of the committed files: what `python -m data_prep.build --out data/<set>`
-# writes, relative to the repository (run `caffe train` from there).
-DEFAULT_TRAIN_SIZE = {"digits": 1438, "cifar10": 50000, "inshop": 38494}
 
 
 def default_files():
@@ -372,7 +363,7 @@ def default_files():
                 net_path = f"prototxt/generated/{folder}/step{step}_net.prototxt"
                 files[f"{folder}/step{step}_net.prototxt"] = train_net(
                     dataset, scale, bits, step, f"{data}/lmdb/train", f"{data}/triplets.txt", mean)
-                its = [iterations(e, DEFAULT_TRAIN_SIZE[dataset], D.PAPER_TRAINING["batch_triplets"])
+                its = [D.iterations(e, D.DEFAULT_TRAIN_SIZE[dataset], D.PAPER_TRAINING["batch_triplets"])
                        for e in D.PAPER_TRAINING["epochs"]]
                 run = f"runs/{dataset}_{scale}_{bits}bits"
                 files[f"{folder}/step{step}_solver.prototxt"] = solver(
@@ -384,7 +375,7 @@ def default_files():
                 net_path = f"prototxt/generated/{folder}/{method}_net.prototxt"
                 files[f"{folder}/{method}_net.prototxt"] = train_net(
                     dataset, scale, bits, 1, f"{data}/lmdb/train", f"{data}/{lists}", mean,
-                    method=method, train_rows=DEFAULT_TRAIN_SIZE[dataset], total_iters=sum(its))
+                    method=method, train_rows=D.DEFAULT_TRAIN_SIZE[dataset], total_iters=sum(its))
                 files[f"{folder}/{method}_solver.prototxt"] = solver(
                     dataset, scale, 1, net_path, sum(its), f"runs/{dataset}_{scale}_{bits}bits_{method}/step1",
                     seed=1)
@@ -405,10 +396,7 @@ def main(argv=None):
         if old != text:
             stale.append(rel)
             if not args.check:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path + ".tmp", "w") as f:
-                    f.write(text)
-                os.replace(path + ".tmp", path)
+                write_text(path, text)
     if args.check and stale:
         print(f"prototxt/generated/ is out of date ({len(stale)} files, e.g. {stale[0]}): "
               f"run python -m prototxt.generate", file=sys.stderr)

@@ -16,9 +16,10 @@ import pytest
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.model_selection import train_test_split
 
-from tools import baselines as B
-from tools.codes import pack_bits
-from tools.metrics import evaluate_codes
+from tools.hashing import baselines as B
+from tools.pipeline import evaluation as E
+from tools.hashing.codes import pack_bits
+from tools.hashing.metrics import evaluate_codes
 
 METHODS = ("lsh", "itq", "sdh")
 
@@ -303,7 +304,7 @@ def test_run_baseline_on_blobs(tmp_path, blobs):
     x = x.astype(np.float32)
     folder = str(tmp_path / "split")
     write_blobs(folder, {"query": (x[:50], y[:50]), "database": (x[50:], y[50:])})
-    qb, dbb, info = B.run_baseline_on_blobs(folder, "sdh", 12, seed=0)
+    qb, dbb, info = E.run_baseline_on_blobs(folder, "sdh", 12, seed=0)
     assert info["train_set"] == "database" and not info["transductive"]
     ref_q, ref_db, _ = B.run_baseline("sdh", 12, x[50:], y[50:], x[:50], x[50:], seed=0)
     np.testing.assert_array_equal(qb, ref_q)
@@ -313,17 +314,17 @@ def test_run_baseline_on_blobs(tmp_path, blobs):
     with_train = str(tmp_path / "with_train")
     write_blobs(with_train, {"query": (x[:50], y[:50]), "database": (x[50:150], y[50:150]),
                              "train": (x[150:], y[150:])})
-    assert B.run_baseline_on_blobs(with_train, "lsh", 8)[2]["train_set"] == "train"
+    assert E.run_baseline_on_blobs(with_train, "lsh", 8)[2]["train_set"] == "train"
 
     same = str(tmp_path / "dsh")
     write_blobs(same, {"query": (x[:80], y[:80])}, database_is_query=True)
-    qb, dbb, info = B.run_baseline_on_blobs(same, "itq", 8)
+    qb, dbb, info = E.run_baseline_on_blobs(same, "itq", 8)
     np.testing.assert_array_equal(qb, dbb)
     assert info["exclude_self"] and info["transductive"]
     assert info["metrics"]["n_database"] == 79
 
     with pytest.raises(ValueError, match="no meta.json"):
-        B.run_baseline_on_blobs(str(tmp_path), "lsh", 8)
+        E.run_baseline_on_blobs(str(tmp_path), "lsh", 8)
 
 
 def test_raw_pixel_features():

@@ -13,11 +13,11 @@ def _record(path, record):
 
 
 def test_trained_iterations_counts_the_steps_each_folder_trained(tmp_path):
-    _record(tmp_path / "runs/12bits/tqn", dict(plan=dict(iterations=[600, 300]), steps={"1": {}, "2": {}}))
+    _record(tmp_path / "runs/12bits/tqn", dict(inputs=dict(iterations=[600, 300]), steps={"1": {}, "2": {}}))
     _record(tmp_path / "runs/12bits/tqn-recommended",       # step 1 is a link: not retrained
-            dict(plan=dict(iterations=[600, 300]), steps={"2": {}}))
-    _record(tmp_path / "runs/12bits/dsh", dict(plan=dict(iterations=[900]), steps={"1": {}}))
-    _record(tmp_path / "warm_start", dict(plan=dict(iterations=1000), seconds=1.0))
+            dict(inputs=dict(iterations=[600, 300]), steps={"2": {}}))
+    _record(tmp_path / "runs/12bits/dsh", dict(inputs=dict(iterations=[900]), steps={"1": {}}))
+    _record(tmp_path / "warm_start", dict(inputs=dict(iterations=1000), seconds=1.0))
     assert B.trained_iterations(str(tmp_path / "runs")) == 900 + 300 + 900
     assert B.trained_iterations(str(tmp_path)) == 900 + 300 + 900 + 1000
 

@@ -1,5 +1,5 @@
 """tools/caffe_log.py reads `caffe train` logs."""
-from tools import caffe_log
+from tools.pipeline import caffe_log, report
 
 LOG = """I1126 15:00:00.1 1 solver.cpp:218] Iteration 0 (0 iter/s, 0.05s/20 iters), loss = 0.8
 I1126 15:00:00.1 1 solver.cpp:237]     Train net output #0: tqn_loss = 17.5 (* 0 = 0 loss)
@@ -23,5 +23,5 @@ def test_parse_outputs_by_iteration():
 
 def test_plot_writes_png(tmp_path):
     path = tmp_path / "fig.png"
-    caffe_log.plot_curves([("a", caffe_log.parse(LOG))], str(path), "title")
+    report.plot_curves([("a", caffe_log.parse(LOG))], str(path), "title")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

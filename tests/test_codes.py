@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tools.codes import (binarize, code_health, collapse_warnings, hamming, hamming_chunks,
+from tools.hashing.codes import (binarize, code_health, collapse_warnings, hamming, hamming_chunks,
                          pack_bits, to_words, unpack_bits)
 
 WIDTHS = list(range(1, 71)) + [72, 96, 100, 127, 128, 129, 191, 192, 193, 200, 255, 256, 300]

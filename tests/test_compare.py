@@ -3,14 +3,14 @@ import csv
 import os
 
 from tools import compare
+from tools.pipeline import report
 
 
 def test_deep_and_classical_rows_share_split_and_metrics(tmp_path, digits_data, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
-    rows = compare.run(compare.main.__globals__["argparse"].Namespace(
-        dataset="digits", scale="cpu", methods=["tqn", "triplet", "lsh", "itq"], bits=[12],
-        baseline_features="raw", data=str(digits_data), archive=None, root=None, protocol=None,
-        weights=None, epochs=[40, 40], iters=[30, 20], seed=1, data_seed=0, out=str(tmp_path)))
+    rows = compare.run(compare.CompareSpec(
+        dataset="digits", methods=("tqn", "triplet", "lsh", "itq"), bits=(12,), data=str(digits_data),
+        iters=(30, 20), seed=1, out=str(tmp_path)))
     assert [r["method"] for r in rows] == ["TQN", "Triplet only", "LSH", "ITQ"]
     assert all(r["protocol"] == "digits" and r["source"] == "measured" for r in rows)
     assert rows[0]["iterations"] == "30+20" and rows[1]["iterations"] == "30"
@@ -22,10 +22,10 @@ def test_deep_and_classical_rows_share_split_and_metrics(tmp_path, digits_data, 
 
 
 def test_cited_rows_are_marked_and_kept_apart():
-    rows = compare.cited_rows([12, 48])
+    rows = report.cited_rows([12, 48], "cifar10")
     assert {r["method"] for r in rows} >= {"DSH", "KSH", "TQN (paper)"}
     assert all(r["source"] == "cited: TQN paper, Table II" for r in rows)
     dsh = {r["bits"]: r["map_tie_aware"] for r in rows if r["method"] == "DSH"}
     assert dsh == {12: 0.615, 48: 0.676}
-    text = compare.markdown(rows, [12, 48], "t")
+    text = report.method_table(rows, [12, 48], "t")
     assert "| DSH | (paper) | 0.615 | 0.676 | cited: TQN paper, Table II |" in text

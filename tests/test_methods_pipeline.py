@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from tools import caffe_log
-from tools import evaluate as E
-from tools import extract as X
-from tools import train as T
+from tools.pipeline import caffe_log
+from tools.pipeline import evaluation as E
+from tools.pipeline import extraction as X
+from tools.pipeline import training as T
 
 LOSSES = {"dsh": ["dsh_loss"], "dnnh": ["dnnh_loss"], "dqn": ["cosine_loss", "pq_loss"]}
 
@@ -20,20 +20,18 @@ def trained(request, tmp_path_factory, digits_data, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
     method = request.param
     run = tmp_path_factory.mktemp(method)
-    args = T.build_parser().parse_args(["--method", method, "--data", str(digits_data), "--dataset",
-                                        "digits", "--bits", "12", "--out", str(run), "--quiet",
-                                        "--iters", "90", "60"])
-    args.tqn = {}
-    record = T.train(args)
+    record = T.train(T.TrainSpec(method=method, data=str(digits_data), dataset="digits", bits=12,
+                                 out=str(run), quiet=True, iters=(90, 60)))
     blobs = run / "blobs"
-    X.extract(str(digits_data), "digits", "cpu", 12, str(run / "step1_iter_150.caffemodel"),
-              str(blobs), method=method)
+    X.extract(X.ExtractSpec(data=str(digits_data), dataset="digits", bits=12,
+                            weights=str(run / "step1_iter_150.caffemodel"), out=str(blobs),
+                            method=method))
     return method, run, record, blobs
 
 
 def test_one_step_of_tqns_budget_is_recorded(trained):
     method, run, record, _ = trained
-    plan = json.loads((run / "params.json").read_text())["plan"]
+    plan = json.loads((run / "params.json").read_text())["inputs"]
     assert plan["method"] == method and plan["iterations"] == [150] and plan["base_lr"] == [0.01]
     assert plan["tqn"] is None and plan["method_parameters"]["steps"] == [1]
     assert (run / "step1_iter_150.caffemodel").exists() and not (run / "step2_net.prototxt").exists()

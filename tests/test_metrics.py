@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from tools.codes import pack_bits, to_words
-from tools.metrics import (average_precision_index_order, average_precision_tie_aware,
+from tools.hashing.codes import pack_bits, to_words
+from tools.hashing.metrics import (average_precision_index_order, average_precision_tie_aware,
                            euclidean_metrics, evaluate_codes, evaluate_features,
                            hamming_histograms, hamming_ranked_relevance,
                            iter_hamming_chunks, map_at_r_index_order, map_at_r_tie_aware,

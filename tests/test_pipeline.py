@@ -6,25 +6,24 @@ import os
 import numpy as np
 import pytest
 
-from tools import codes as C
-from tools import evaluate as E
-from tools import extract as X
 from tools import main_job
-from tools import train as T
+from tools import train as train_cli
+from tools.hashing import codes as C
+from tools.pipeline import evaluation as E
+from tools.pipeline import extraction as X
+from tools.pipeline import training as T
 
 
-def train_args(data, out, *extra):
-    args = T.build_parser().parse_args(["--data", str(data), "--dataset", "digits", "--bits", "12",
-                                        "--out", str(out), "--quiet", "--snapshots", "3", *extra])
-    args.tqn = {}
-    return args
+def train_spec(data, out, **settings):
+    return T.TrainSpec(data=str(data), dataset="digits", bits=12, out=str(out), quiet=True,
+                       snapshots=3, **settings)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_data, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
     run = tmp_path_factory.mktemp("run")
-    record = T.train(train_args(digits_data, run, "--iters", "60", "45"))
+    record = T.train(train_spec(digits_data, run, iters=(60, 45)))
     return run, record
 
 
@@ -32,7 +31,7 @@ def test_training_writes_models_logs_and_every_seed(trained, digits_data):
     run, record = trained
     assert (run / "step1_iter_60.caffemodel").exists() and (run / "step2_iter_45.caffemodel").exists()
     params = json.loads((run / "params.json").read_text())
-    plan = params["plan"]
+    plan = params["inputs"]
     assert plan["solver_seeds"] == [1, 2] and plan["data_seed"] == 0 and plan["triplet_seed"] == 0
     assert plan["iterations"] == [60, 45] and plan["base_lr"] == [0.01, 0.001]
     assert plan["tqn"]["alpha_d"] == pytest.approx(3.83)          # Table I, 12 bits
@@ -46,20 +45,20 @@ def test_training_writes_models_logs_and_every_seed(trained, digits_data):
 def test_rerun_does_nothing_and_other_parameters_are_refused(trained, digits_data, capsys):
     run, _ = trained
     before = (run / "logs" / "step1.log").stat().st_size
-    T.train(train_args(digits_data, run, "--iters", "60", "45"))
+    T.train(train_spec(digits_data, run, iters=(60, 45)))
     assert (run / "logs" / "step1.log").stat().st_size == before
     assert "step 1: done" in capsys.readouterr().out
     with pytest.raises(T.TrainError, match="holds a run with other parameters \\(first_triplet, iterations\\)"):
-        T.train(train_args(digits_data, run, "--iters", "70", "45"))
+        T.train(train_spec(digits_data, run, iters=(70, 45)))
 
 
 def test_interrupted_step_resumes_from_its_solverstate(tmp_path, digits_data, caffe_build, capsys):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
-    T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "1"))
+    T.train(train_spec(digits_data, tmp_path, iters=(60, 45), steps=(1,)))
     # As if stopped after the snapshot at iteration 40: drop the later files.
     for name in ("step1_iter_60.caffemodel", "step1_iter_60.solverstate"):
         (tmp_path / name).unlink()
-    T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "1"))
+    T.train(train_spec(digits_data, tmp_path, iters=(60, 45), steps=(1,)))
     out = capsys.readouterr().out
     assert "resuming from iteration 40" in out
     assert (tmp_path / "step1_iter_60.caffemodel").exists()
@@ -70,19 +69,20 @@ def test_interrupted_step_resumes_from_its_solverstate(tmp_path, digits_data, ca
 def test_step2_without_step1_is_refused(tmp_path, digits_data, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
     with pytest.raises(T.TrainError, match="step 2 needs step 1's"):
-        T.train(train_args(digits_data, tmp_path, "--iters", "60", "45", "--steps", "2"))
+        T.train(train_spec(digits_data, tmp_path, iters=(60, 45), steps=(2,)))
 
 
 def test_missing_data_is_named(tmp_path):
     with pytest.raises(T.TrainError, match="dataset.json is missing: build the data set first"):
-        T.train(train_args(tmp_path / "nothing", tmp_path / "run"))
+        T.train(train_spec(tmp_path / "nothing", tmp_path / "run"))
 
 
 def test_extraction_format_and_evaluation(trained, digits_data, tmp_path):
     run, _ = trained
     blobs = tmp_path / "blobs"
-    meta = X.extract(str(digits_data), "digits", "cpu", 12, str(run / "step2_iter_45.caffemodel"),
-                     str(blobs), batch=64)
+    spec = X.ExtractSpec(data=str(digits_data), dataset="digits", bits=12,
+                         weights=str(run / "step2_iter_45.caffemodel"), out=str(blobs), batch=64)
+    meta = X.extract(spec)
     assert meta["counts"] == {"query": 359, "database": 1438} and not meta["database_is_query"]
     for s, n in (("query", 359), ("database", 1438)):
         feats = np.load(blobs / s / "features.npy")
@@ -101,8 +101,7 @@ def test_extraction_format_and_evaluation(trained, digits_data, tmp_path):
     assert 0 < result["binary"]["map_tie_aware"] <= 1 and 0 < result["real"]["map"] <= 1
     assert result["protocol"] == "digits" and "protocol digits" in E.summary(result)
     # A second extraction with the same weights does nothing.
-    assert X.extract(str(digits_data), "digits", "cpu", 12, str(run / "step2_iter_45.caffemodel"),
-                     str(blobs)) == meta
+    assert X.extract(spec) == meta
 
 
 def test_collapsed_codes_are_reported_loudly(tmp_path):
@@ -122,10 +121,8 @@ def test_collapsed_codes_are_reported_loudly(tmp_path):
 
 def test_main_job_table(tmp_path, digits_data, caffe_build, capsys):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
-    summary = main_job.run(main_job.main.__globals__["argparse"].Namespace(
-        dataset="digits", scale="cpu", archive=None, root=None, protocol=None, data=str(digits_data),
-        data_args=[], bits=[12, 24], weights=None, epochs=[40, 40], iters=[40, 30],
-        batch_triplets=32, seed=1, data_seed=0, out=str(tmp_path), quiet=True))
+    summary = main_job.run(main_job.JobSpec(dataset="digits", data=str(digits_data), bits=(12, 24),
+                                            iters=(40, 30), out=str(tmp_path), quiet=True))
     table = (tmp_path / "results" / "table3.md").read_text()
     for row in ("RF with triplet", "BC with triplet", "RF with TQN", "BC with TQN"):
         assert f"| {row} |" in table
@@ -158,31 +155,31 @@ def test_self_match_include_counts_each_query_itself(tmp_path):
 
 def test_method_param_is_recorded_and_reaches_the_net(tmp_path, digits_data, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
-    record = T.train(train_args(digits_data, tmp_path, "--method", "dnnh", "--iters", "3", "2",
-                                "--method-param", "gradient=STRAIGHT_THROUGH"))
-    plan = json.loads((tmp_path / "params.json").read_text())["plan"]
-    assert plan == record["plan"]
+    record = T.train(train_spec(digits_data, tmp_path, method="dnnh", iters=(3, 2),
+                                method_params={"gradient": "STRAIGHT_THROUGH"}))
+    plan = json.loads((tmp_path / "params.json").read_text())["inputs"]
+    assert plan == record["inputs"]
     assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"}
     assert plan["method_parameters"]["gradient"] == "STRAIGHT_THROUGH"
     assert "gradient: STRAIGHT_THROUGH" in (tmp_path / "step1_net.prototxt").read_text()
     assert (tmp_path / "step1_iter_5.caffemodel").exists()
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--method-param", "gradient=STRAIGHT_THROUGH"], "--method-param applies to dsh, dnnh and dqn"),
-    (["--method", "dnnh", "--method-param", "gradient=SIGN"],
+@pytest.mark.parametrize("settings,message", [
+    (dict(method_params={"gradient": "STRAIGHT_THROUGH"}), "--method-param applies to dsh, dnnh and dqn"),
+    (dict(method="dnnh", method_params={"gradient": "SIGN"}),
      "method dnnh: gradient must be one of EXACT, STRAIGHT_THROUGH, got 'SIGN'"),
-    (["--method", "dsh", "--method-param", "margin_per_bit=3"],
+    (dict(method="dsh", method_params={"margin_per_bit": "3"}),
      "method dsh has no training parameter 'margin_per_bit' to override"),
 ])
-def test_bad_method_param_is_named(tmp_path, digits_data, extra, message):
+def test_bad_method_param_is_named(tmp_path, digits_data, settings, message):
     with pytest.raises(T.TrainError, match=message):
-        T.train(train_args(digits_data, tmp_path, "--iters", "3", "2", *extra))
+        T.train(train_spec(digits_data, tmp_path, iters=(3, 2), **settings))
     assert not (tmp_path / "params.json").exists()
 
 
 def test_method_param_needs_key_value(capsys):
     with pytest.raises(SystemExit):
-        T.build_parser().parse_args(["--data", "d", "--dataset", "digits", "--bits", "12", "--out", "o",
-                                     "--method", "dnnh", "--method-param", "gradient"])
+        train_cli.main(["--data", "d", "--dataset", "digits", "--bits", "12", "--out", "o",
+                        "--method", "dnnh", "--method-param", "gradient"])
     assert "--method-param takes KEY=VALUE, got 'gradient'" in capsys.readouterr().err

@@ -12,9 +12,9 @@ import itertools
 import numpy as np
 import pytest
 
-from tools import _native
-from tools import metrics as MT
-from tools import pq
+from tools.hashing import native as _native
+from tools.hashing import metrics as MT
+from tools.hashing import pq
 
 # ---------------------------------------------------------------------------------------
 # data and brute force

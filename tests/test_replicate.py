@@ -9,10 +9,9 @@ import pytest
 
 import data_prep.readers
 from data_prep.fakes import fake_cifar10, write_cifar10_binary
-from tools import codes as C
-from tools import metrics as M
 from tools import replicate as R
-from tools.extract import load_blobs
+from tools.hashing import metrics as M
+from tools.pipeline import blobs as B
 
 READ_CIFAR10 = data_prep.readers.read_cifar10      # the fakes are not 50,000 + 10,000 images
 
@@ -58,19 +57,19 @@ def test_one_step_methods_start_from_the_warm_start(replicated):
     work = root / "out" / "work"
     warm = str(work / "warm_start" / "warm_start_iter_3.caffemodel")
     for method in ("dsh", "dnnh", "dqn"):
-        plan = json.loads((work / "runs" / "12bits" / method / "params.json").read_text())["plan"]
+        plan = json.loads((work / "runs" / "12bits" / method / "params.json").read_text())["inputs"]
         assert plan["weights"] == warm and plan["iterations"] == [6]
-    plan = json.loads((work / "runs" / "12bits" / "tqn" / "params.json").read_text())["plan"]
+    plan = json.loads((work / "runs" / "12bits" / "tqn" / "params.json").read_text())["inputs"]
     assert plan["weights"] == warm and plan["iterations"] == [4, 2]
 
 
 def test_dsh_protocol_is_the_queries_against_themselves(replicated):
     root, _ = replicated
     blobs = root / "out" / "work" / "blobs" / "12bits" / "tqn"
-    meta, sets = load_blobs(str(blobs / "dsh"))
+    dsh = B.read(str(blobs / "dsh"))
+    meta, sets = dsh.meta, dsh.sets
     assert meta["protocol"] == "dsh" and meta["database_is_query"]
-    _, c2 = load_blobs(str(blobs / "cifar10-2"))
-    q = c2["query"]
+    q = B.read(str(blobs / "cifar10-2")).sets["query"]
     direct = M.evaluate_codes(q["codes"], q["labels"], q["codes"], q["labels"], 12, exclude_self=True)
     summary = json.loads((root / "out" / "results" / "summary.json").read_text())
     row = next(r for r in summary["tables"]["table2_dsh"] if r["method"].startswith("TQN"))
@@ -109,7 +108,7 @@ def test_cost_lists_parts_without_a_record():
 def test_bad_study_record_is_named_before_any_work(tmp_path, capsys, text, message):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "study.json").write_text(text)
-    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 1
+    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(tmp_path / "results" / "study.json") in err
     assert "rerun python -m tools.replicate study" in err
@@ -117,27 +116,27 @@ def test_bad_study_record_is_named_before_any_work(tmp_path, capsys, text, messa
 
 
 def test_paper_scale_needs_weights(tmp_path, capsys):
-    assert R.main(["table3", "--scale", "paper", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 1
+    assert R.main(["table3", "--scale", "paper", "--archive", "x.tar.gz", "--out", str(tmp_path)]) == 2
     assert "--scale paper needs --weights" in capsys.readouterr().err
 
 
 def test_step2_variant_reuses_the_step1_model(replicated, tmp_path):
-    import argparse
     root, _ = replicated
     work = root / "out" / "work"
-    args = argparse.Namespace(iters=[4, 2], scale="cpu", seed=1, quiet=True, start_weights=None)
+    setting = R.Setting.of(R.ReplicateSpec(artefact="all", archive="x", out=str(tmp_path), iters=(4, 2),
+                                           warm_start_iters=0, quiet=True))
     run = tmp_path / "variant"
-    model, record = R._step2_variant(args, str(work / "data" / "cifar10-2"), 12,
-                                     str(work / "runs" / "12bits" / "tqn"), str(run),
-                                     R.STUDY_VARIANTS["beta=1"])
+    model = R.step2_variant(setting, str(work / "data" / "cifar10-2"), 12,
+                            str(work / "runs" / "12bits" / "tqn"), str(run),
+                            R.D.STUDY_VARIANTS["beta=1"], "tqn-variant")
     assert os.path.islink(run / "step1_iter_4.caffemodel")           # step 1 is not retrained
-    assert os.path.exists(model) and list(record["steps"]) == ["2"]
-    assert record["plan"]["tqn"]["beta"] == 1 and record["plan"]["tqn"]["gamma"] == 1
+    assert os.path.exists(model.weights) and list(model.record["steps"]) == ["2"]
+    assert model.plan["tqn"]["beta"] == 1 and model.plan["tqn"]["gamma"] == 1
     assert "beta: 1.0" in (run / "step2_net.prototxt").read_text()
 
 
 def test_bad_skip_is_named(tmp_path, capsys):
-    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path), "--skip", "dnnh48"]) == 1
+    assert R.main(["all", "--archive", "x.tar.gz", "--out", str(tmp_path), "--skip", "dnnh48"]) == 2
     assert "--skip takes METHOD@BITS" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
 
@@ -162,7 +161,7 @@ def studied(tmp_path_factory, caffe_build):
 def test_study_compares_every_variant_on_held_out_data(studied):
     results = studied / "out" / "results"
     work = studied / "out" / "work"
-    for name, variants in (("study", R.STUDY_VARIANTS), ("study_dnnh", R.DNNH_STUDY_VARIANTS)):
+    for name, variants in (("study", R.D.STUDY_VARIANTS), ("study_dnnh", R.D.DNNH_STUDY_VARIANTS)):
         record = json.loads((results / f"{name}.json").read_text())
         assert set(record["results"]) == set(variants) and record["bits"] == [12]
         best = max(record["results"], key=lambda v: record["results"][v]["12"]["bc_map"])
@@ -173,9 +172,9 @@ def test_study_compares_every_variant_on_held_out_data(studied):
     for meta in work.glob("study/**/blobs/meta.json"):
         assert json.loads(meta.read_text())["protocol"] == "cifar10-holdout"
     plan = json.loads((work / "study" / "dnnh" / "12bits" / "straight-through" / "params.json")
-                      .read_text())["plan"]
+                      .read_text())["inputs"]
     assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"} and plan["iterations"] == [6]
-    plan = json.loads((work / "study" / "dnnh" / "12bits" / "lr_10" / "params.json").read_text())["plan"]
+    plan = json.loads((work / "study" / "dnnh" / "12bits" / "lr_10" / "params.json").read_text())["inputs"]
     assert plan["base_lr"] == [1e-4] and "method_overrides" not in plan
     cost = json.loads((results / "study_cost.json").read_text())
     assert cost["unrecorded"] == [] and cost["seconds"]["training"] > 0
@@ -193,5 +192,5 @@ def test_held_out_dnnh_choice_adds_rows(replicated):
     names = [r["method"] for r in summary["tables"]["table2_cifar10-2"]]
     assert names == ["DNNH", "DNNH (held-out choice: straight-through)"]
     plan = json.loads((root / "out" / "work" / "runs" / "12bits" / "dnnh-recommended" / "params.json")
-                      .read_text())["plan"]
+                      .read_text())["inputs"]
     assert plan["method_overrides"] == {"gradient": "STRAIGHT_THROUGH"}

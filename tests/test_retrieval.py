@@ -1,4 +1,4 @@
-"""Tests of the fast evaluation paths (tools/_native.c + tools/metrics.py) and of the faiss
+"""Tests of the fast evaluation paths (tools/hashing/native.c + metrics.py) and of the faiss
 export (tools/retrieval.py) against brute force written plainly in this file.
 
 * every evaluation path -- the C scan and the numpy fallback, any chunking -- gives the
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from test_metrics import bf_per_query  # the brute-force reference, in one place
-from tools import _native
-from tools import retrieval as RT
-from tools.codes import hamming, pack_bits, to_words, unpack_bits
-from tools.metrics import (_scan_chunks, average_precision_tie_aware, evaluate_codes,
+from tools.hashing import native as _native
+from tools.hashing import binary_index as RT
+from tools import retrieval as RT_CLI
+from tools.hashing.codes import hamming, pack_bits, to_words, unpack_bits
+from tools.hashing.metrics import (_scan_chunks, average_precision_tie_aware, evaluate_codes,
                            hamming_histograms, hamming_ranked_relevance, map_at_r_tie_aware,
                            precision_at_k_tie_aware, recall_at_k_tie_aware,
                            top_k_hit_rate_tie_aware)
@@ -506,12 +507,12 @@ def test_cli_build_and_query(tmp_path, capsys, database_is_query, faiss):
         db_bits, db_labels = q_bits, q_labels
     blobs = tmp_path / "blobs"
     write_blobs(blobs, q_bits, q_labels, db_bits, db_labels, nbits, database_is_query)
-    assert RT.main(["build", str(blobs), "--out", str(tmp_path / "index")]) == 0
+    assert RT_CLI.main(["build", str(blobs), "--out", str(tmp_path / "index")]) == 0
     capsys.readouterr()
     k = 5
     answers = {}
     for engine in ([], ["--exact"]):
-        assert RT.main(["query", str(tmp_path / "index"), "--blobs", str(blobs), "--rows", "0",
+        assert RT_CLI.main(["query", str(tmp_path / "index"), "--blobs", str(blobs), "--rows", "0",
                         "3", "-k", str(k), "--json", *engine]) == 0
         answers[bool(engine)] = json.loads(capsys.readouterr().out)["results"]
     assert answers[False] == answers[True]
@@ -524,11 +525,11 @@ def test_cli_build_and_query(tmp_path, capsys, database_is_query, faiss):
         assert all(h["same_label"] == (h["label"] == q_labels[row]) for h in res["neighbours"])
     # a code given directly, and the text output
     code = "".join("1" if b else "0" for b in q_bits[3])
-    assert RT.main(["query", str(tmp_path / "index"), "--code", code, "-k", "3"]) == 0
+    assert RT_CLI.main(["query", str(tmp_path / "index"), "--code", code, "-k", "3"]) == 0
     text = capsys.readouterr().out
     assert f"code {code}: 3 nearest by IndexBinaryFlat" in text
     hex_code = pack_bits(q_bits[3:4]).tobytes().hex()
-    assert RT.main(["query", str(tmp_path / "index"), "--hex", hex_code, "-k", "3",
+    assert RT_CLI.main(["query", str(tmp_path / "index"), "--hex", hex_code, "-k", "3",
                     "--json"]) == 0
     by_hex = json.loads(capsys.readouterr().out)["results"][0]["neighbours"]
     assert [h["id"] for h in by_hex] == RT.exact_search(pack_bits(q_bits[3:4]),
@@ -536,7 +537,7 @@ def test_cli_build_and_query(tmp_path, capsys, database_is_query, faiss):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert RT.main(["query", str(tmp_path / "missing"), "--code", "0101"]) == 1
+    assert RT_CLI.main(["query", str(tmp_path / "missing"), "--code", "0101"]) == 2
     assert "no index.json" in capsys.readouterr().err
     with pytest.raises(RT.RetrievalError):
         RT.parse_code("0102", 4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prototxt import generate as G
-from tools import caffe_log
+from tools.pipeline import caffe_log
 
 
 def train(tmp_path, caffe_build, env, data, step, implementation, iters=240):

@@ -1,7 +1,7 @@
-"""tools/tqn_params.py: Eq. 9 and Eq. 16 worked by hand, and Table I's deviation from Eq. 16."""
+"""prototxt/tqn_params.py: Eq. 9 and Eq. 16 worked by hand, and Table I's deviation from Eq. 16."""
 import pytest
 
-from tools import tqn_params
+from prototxt import tqn_params
 
 
 def test_eq9_and_clip_for_papers_Delta():

@@ -1,12 +1,9 @@
 """Classical hashing baselines on extracted (or raw-pixel) features: LSH, ITQ, SDH.
 
-    python -m tools.baselines BLOBS --method itq --bits 12 [--seed 0]
-    python -m tools.baselines --digits [--bits 12 24 48]      # raw digits pixels, all methods
-
-Every method learns from training features (SDH also from their labels), then encodes any
-features into codes in this project's format: bool bits ``[n, nbits]`` (`tools.codes`;
-``tools.codes.pack_bits`` gives the on-disk bytes, ``tools.metrics.evaluate_codes`` ranks
-them). A bit is 1 where the real-valued projection is >= 0, i.e. where the method's
+Run on saved blobs by `tools.pipeline.evaluation.run_baseline_on_blobs`, and beside the deep
+methods by `python -m tools.compare` and `python -m tools.replicate`. Every method learns from training features (SDH also from their labels), then encodes any
+features into codes in this project's format: bool bits ``[n, nbits]`` (codes.py;
+``codes.pack_bits`` gives the on-disk bytes, ``metrics.evaluate_codes`` ranks them). A bit is 1 where the real-valued projection is >= 0, i.e. where the method's
 {-1, +1} code is +1 (sign(0) = +1, as in Gong's ITQ code).
 
 * ``lsh`` -- sign random projections (Charikar 2002): centre on the training mean, project on
@@ -39,21 +36,14 @@ them). A bit is 1 where the real-valued projection is >= 0, i.e. where the metho
   block-coordinate descent step, so it never rises.
 
 `make_hasher(name, nbits, seed, **kw)` builds any of them; `run_baseline` fits and encodes
-arrays; `run_baseline_on_blobs` does it on an extraction folder; `raw_pixel_features`
-turns images into features when no trained net exists.
+arrays; `raw_pixel_features` turns images into features when no trained net exists.
 """
-import argparse
-import json
-import os
-import sys
 import time
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
-
-from tools import metrics as M
 
 __all__ = [
     "LSH",
@@ -62,14 +52,11 @@ __all__ = [
     "HASHERS",
     "make_hasher",
     "run_baseline",
-    "run_baseline_on_blobs",
-    "load_blob_sets",
     "raw_pixel_features",
     "quantization_loss",
     "random_orthogonal",
     "dcc",
     "dcc_objective",
-    "digits_benchmark",
 ]
 
 
@@ -439,40 +426,6 @@ def run_baseline(name, nbits, train_feats, train_labels, query_feats, database_f
     return query_bits, database_bits, info
 
 
-def load_blob_sets(folder):
-    """(meta, {set: {"features", "labels"}}) of an extraction folder (`tools.extract`):
-    query and database, plus train when ``<folder>/train`` exists."""
-    from tools.extract import load_blobs
-    return load_blobs(folder, arrays=("features", "labels"), optional_sets=("train",))
-
-
-def run_baseline_on_blobs(folder, name, nbits, seed=0, train=None, evaluate=True, **kw):
-    """Run a baseline on the features of an extraction folder.
-
-    train: "train" or "database" (the set to fit on); None picks train when the folder has
-    one, else database. When the database is the query set (meta "database_is_query",
-    protocol dsh) fitting on it is transductive: info["transductive"] says so, and
-    evaluation leaves each query out of its own ranking. Returns (query_bits,
-    database_bits, info); with evaluate=True info["metrics"] is `tools.metrics.evaluate_codes`.
-    """
-    meta, sets = load_blob_sets(folder)
-    if train is None:
-        train = "train" if "train" in sets else "database"
-    if train not in sets:
-        raise ValueError(f"{folder} has no {train!r} set (sets: {sorted(sets)})")
-    exclude_self = bool(meta.get("database_is_query"))
-    q, db, tr = sets["query"], sets["database"], sets[train]
-    query_bits, database_bits, info = run_baseline(
-        name, nbits, tr["features"], tr["labels"], q["features"], db["features"], seed, **kw)
-    info.update(blobs=os.path.abspath(folder), train_set=train, exclude_self=exclude_self,
-                transductive=exclude_self and train != "train",
-                protocol=meta.get("protocol"), dataset=meta.get("dataset"))
-    if evaluate:
-        info["metrics"] = M.evaluate_codes(query_bits, q["labels"], database_bits,
-                                           db["labels"], nbits, exclude_self=exclude_self)
-    return query_bits, database_bits, info
-
-
 def raw_pixel_features(images, max_value=None):
     """Raw-pixel features when no trained net exists: images [n, ...] flattened to float32
     [n, prod(...)] and divided by `max_value` (default: 255 for uint8 images; required
@@ -489,66 +442,3 @@ def raw_pixel_features(images, max_value=None):
         raise ValueError(f"max_value must be > 0, got {max_value}")
     features = images.reshape(len(images), -1).astype(np.float32) / np.float32(max_value)
     return _check_features(features, "pixel features").astype(np.float32)
-
-
-def digits_benchmark(bits=(12, 24, 48), methods=("lsh", "itq", "sdh"), seed=0,
-                     query_fraction=0.2, split_seed=0):
-    """Baselines on scikit-learn's digits, raw pixels / 16: a stratified held-out
-    `query_fraction` is the query set, the rest is both training set and database.
-    Returns a list of dicts (method, bits, map_tie_aware, map_index_order, seconds...)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    digits = load_digits()
-    x = raw_pixel_features(digits.images, max_value=16)
-    xdb, xq, ydb, yq = train_test_split(x, digits.target, test_size=query_fraction,
-                                        stratify=digits.target, random_state=split_seed)
-    rows = []
-    for nbits in bits:
-        for method in methods:
-            qb, dbb, info = run_baseline(method, nbits, xdb, ydb, xq, xdb, seed)
-            m = M.evaluate_codes(qb, yq, dbb, ydb, nbits)
-            rows.append(dict(method=method, bits=nbits, n_query=len(yq), n_database=len(ydb),
-                             map_tie_aware=m["map_tie_aware"],
-                             map_index_order=m["map_index_order"],
-                             precision_at_100=m["precision_at_100_tie_aware"],
-                             fit_seconds=info["seconds"]))
-    return rows
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("blobs", nargs="?", help="an extraction folder (meta.json, query/, database/)")
-    ap.add_argument("--digits", action="store_true",
-                    help="run every method on raw digits pixels instead (held-out 20%% query)")
-    ap.add_argument("--method", default="itq", choices=sorted(HASHERS))
-    ap.add_argument("--bits", type=int, nargs="+", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train", choices=("train", "database"), default=None)
-    args = ap.parse_args(argv)
-    if args.digits:
-        for row in digits_benchmark(tuple(args.bits or (12, 24, 48)), seed=args.seed):
-            print(f"{row['method']:4s} {row['bits']:3d} bits  mAP tie-aware "
-                  f"{row['map_tie_aware']:.4f}  index order {row['map_index_order']:.4f}  "
-                  f"fit {row['fit_seconds']:.2f}s")
-        return 0
-    if not args.blobs:
-        ap.error("give an extraction folder or --digits")
-    try:
-        for nbits in args.bits or [None]:
-            if nbits is None:
-                with open(os.path.join(args.blobs, "meta.json")) as f:
-                    nbits = json.load(f)["bits"]
-            _, _, info = run_baseline_on_blobs(args.blobs, args.method, nbits, args.seed,
-                                               args.train)
-            m = info["metrics"]
-            print(f"{args.method} {nbits} bits on {args.blobs} (train={info['train_set']}"
-                  f"{', transductive' if info['transductive'] else ''}): mAP tie-aware "
-                  f"{m['map_tie_aware']:.4f}, index order {m['map_index_order']:.4f}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

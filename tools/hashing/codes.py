@@ -9,8 +9,8 @@ Three forms of the same codes are used:
   64-bit words, for XOR + popcount. Every pad bit is zero in every code, so pad bits
   never add Hamming distance, whatever the width.
 
-Hamming distances run in the C kernel of tools/_native.c when a C compiler is available
-(built on first use, see tools/_native.py), else in numpy (XOR + np.bitwise_count on blocks
+Hamming distances run in the C kernel of native.c when a C compiler is available
+(built on first use, see native.py), else in numpy (XOR + np.bitwise_count on blocks
 small enough to stay in cache); both give the same distances.
 
 `code_health` and `collapse_warnings` watch for the usual failure of hashing losses:
@@ -18,7 +18,7 @@ codes collapsing onto a few values, or bits that never change.
 """
 import numpy as np
 
-from . import _native
+from . import native
 
 __all__ = [
     "binarize",
@@ -29,6 +29,8 @@ __all__ = [
     "hamming_chunks",
     "code_health",
     "collapse_warnings",
+    "check_packed",
+    "check_words",
 ]
 
 # numpy Hamming path: about this many (query, item) pairs per block of uint64 temporaries
@@ -53,7 +55,7 @@ def pack_bits(bits):
 
 def unpack_bits(packed, nbits):
     """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]."""
-    packed = _check_packed(packed, nbits)
+    packed = check_packed(packed, nbits)
     return np.unpackbits(packed, axis=1, count=nbits, bitorder="big").astype(bool)
 
 
@@ -71,7 +73,7 @@ def to_words(codes, nbits):
             raise ValueError(f"bits have {codes.shape[1]} columns, expected nbits={nbits}")
         packed = pack_bits(codes)
     elif codes.dtype == np.uint8:
-        packed = _check_packed(codes, nbits).copy()
+        packed = check_packed(codes, nbits).copy()
         if nbits % 8:
             packed[:, -1] &= np.uint8((0xFF << (8 - nbits % 8)) & 0xFF)
     else:
@@ -88,11 +90,11 @@ def hamming(q_words, db_words):
     The dtype is the smallest unsigned integer holding 64 * nwords (uint8 up to 192
     bits, then uint16), which keeps a stable argsort of a distance row a radix sort.
     """
-    q_words, db_words = _check_words(q_words, db_words)
+    q_words, db_words = check_words(q_words, db_words)
     out = np.empty((q_words.shape[0], db_words.shape[0]),
                    dtype=_distance_dtype(q_words.shape[1]))
-    if out.size and _native.lib() is not None:
-        return _native.hamming(q_words, db_words, out)
+    if out.size and native.lib() is not None:
+        return native.hamming(q_words, db_words, out)
     return _hamming_numpy(q_words, db_words, out)
 
 
@@ -128,7 +130,7 @@ def hamming_chunks(q_words, db_words, chunk_rows):
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    q_words, db_words = _check_words(q_words, db_words)
+    q_words, db_words = check_words(q_words, db_words)
     for start in range(0, q_words.shape[0], chunk_rows):
         rows = slice(start, min(start + chunk_rows, q_words.shape[0]))
         yield rows, hamming(q_words[rows], db_words)
@@ -219,7 +221,7 @@ def _as_2d(array, name):
     return array
 
 
-def _check_packed(packed, nbits):
+def check_packed(packed, nbits):
     packed = _as_2d(packed, "packed")
     if packed.dtype != np.uint8:
         raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
@@ -232,7 +234,7 @@ def _check_packed(packed, nbits):
     return packed
 
 
-def _check_words(q_words, db_words):
+def check_words(q_words, db_words):
     q_words = _as_2d(q_words, "q_words")
     db_words = _as_2d(db_words, "db_words")
     if q_words.dtype != np.uint64 or db_words.dtype != np.uint64:

@@ -66,8 +66,8 @@ database index; exact ties between float distances have probability zero for con
 features, so no tie-aware variant is given (`euclidean_metrics`).
 
 Speed and memory (`evaluate_codes`, `hamming_histograms`). With a C compiler the hot
-path is one scan of the database per query in C (tools/_native.c, built on first use, see
-tools/_native.py): XOR + popcount of 64-bit words, the histograms, and the index-order
+path is one scan of the database per query in C (native.c, built on first use, see
+native.py): XOR + popcount of 64-bit words, the histograms, and the index-order
 statistics from running counts per distance -- the rank of relevant item j at distance d is
 T_d + #{i < j : d_i = d} + 1, a counting sort, O(ndb + nbits) per query and no [nq, ndb]
 array at all. Without one, the same numbers come from numpy: distances per chunk of queries,
@@ -81,8 +81,8 @@ plus O(ndb) per query (C), whatever the number of queries.
 import numpy as np
 from scipy.special import digamma
 
-from . import _native
-from .codes import _check_words, hamming, to_words
+from . import native
+from .codes import check_words, hamming, to_words
 
 __all__ = [
     "hamming_histograms",
@@ -104,6 +104,14 @@ __all__ = [
     "evaluate_codes",
     "evaluate_features",
     "relative_drop",
+    "groups_from_histograms",
+    "tie_aware_from_groups",
+    "index_order_metrics",
+    "index_order_stats",
+    "index_order_from_stats",
+    "check_labels",
+    "check_k",
+    "chunk_rows",
 ]
 
 # Default query-chunk size: about this many (query, database item) pairs per chunk.
@@ -134,15 +142,15 @@ def iter_hamming_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_s
     ranked_rel: bool [c, N], relevance of the database ranked by (distance, index), or
     None when ``ranked=False``. chunk: queries per chunk (default: CHUNK_ELEMENTS / ndb).
     """
-    q_words, db_words = _check_words(q_words, db_words)
-    q_labels, db_labels = _check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
+    q_words, db_words = check_words(q_words, db_words)
+    q_labels, db_labels = check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
     _check_nbits(q_words, nbits)
     relevance = None if ranked else _relevance_index(q_labels, db_labels)
-    step = _chunk_rows(chunk, len(db_labels))
+    step = chunk_rows(chunk, len(db_labels))
     for start in range(0, len(q_words), step):
         rows = slice(start, min(start + step, len(q_words)))
         if relevance is not None:
-            rel, tot, _ = _native.scan(q_words[rows], db_words, _rows_of(relevance, rows),
+            rel, tot, _ = native.scan(q_words[rows], db_words, _rows_of(relevance, rows),
                                        nbits + 1, start if exclude_self else -1)
             yield rows, rel, tot, None
             continue
@@ -183,6 +191,89 @@ def hamming_ranked_relevance(q_words, q_labels, db_words, db_labels, nbits,
 
 
 # ---------------------------------------------------------------------------------------
+# Tie-aware metrics from tie groups: the one implementation of the closed forms
+# ---------------------------------------------------------------------------------------
+
+
+def groups_from_histograms(rel, tot):
+    """The tie groups holding relevant items of Hamming histograms rel, tot [c, nbits + 1]:
+    ``(groups, n_rel [c], n_items [c])`` for `tie_aware_from_groups` (group d of query i is
+    the items at distance d)."""
+    rel, tot = check_histograms(rel, tot)
+    before, rel_before = _items_before(tot), np.cumsum(rel, axis=1) - rel
+    row, d = np.nonzero(rel)
+    groups = dict(row=row, before=before[row, d], size=tot[row, d], rel_before=rel_before[row, d],
+                  rel=rel[row, d])
+    return groups, rel.sum(axis=1), tot.sum(axis=1)
+
+
+def tie_aware_from_groups(groups, n_rel, n_items, ks):
+    """Tie-aware per-query metrics (the expectation over uniformly random orders within each
+    group of equal score) from the tie groups that hold relevant items.
+
+    groups: dict of equal-length int arrays, one entry per group, ordered by query and then by
+    rank: ``row`` (its query, 0..c-1), ``before`` (T: items ranked before it), ``size`` (n),
+    ``rel_before`` (B: relevant items before it) and ``rel`` (r >= 1: its relevant items);
+    n_rel: int [c], R of each query; n_items: N, items ranked per query (scalar or [c]).
+    Groups without relevant items add nothing to any metric but items before the others
+    (already in T), so they need not be listed. Returns float [c] arrays under the keys
+    ``map_tie_aware``, ``map_at_r_tie_aware`` and for each k ``precision_at_{k}_tie_aware``,
+    ``recall_at_{k}_tie_aware``, ``top{k}_tie_aware``: the closed forms of the module
+    docstring, with S_g(m) = (r/n) [(B + 1) dH + c G] (`_harmonic_sums`); a single-item group
+    (r = n = 1) has S = (B + 1) / (T + 1).
+    """
+    row, before, size = (np.asarray(groups[k], dtype=np.int64) for k in ("row", "before", "size"))
+    rel_before, rel = (np.asarray(groups[k], dtype=np.int64) for k in ("rel_before", "rel"))
+    n_rel = np.asarray(n_rel, dtype=np.int64)
+    c = len(n_rel)
+    n_items = np.broadcast_to(np.asarray(n_items, dtype=np.int64), (c,))
+    n_rel_g = n_rel[row]
+    single = size == 1
+    multi = ~single
+    x = before[multi] + 1.0
+    coef = _safe_divide(rel[multi] - 1.0, size[multi] - 1.0)
+
+    def expected_precision_sum(m):  # sum over each query's groups of S_g(m_g)
+        out = np.where(single & (m > 0), (rel_before + 1.0) / (before + 1.0), 0.0)
+        dh, g = _harmonic_sums(x, m[multi].astype(np.float64))
+        out[multi] = rel[multi] / size[multi] * ((rel_before[multi] + 1.0) * dh + coef * g)
+        return np.bincount(row, weights=out, minlength=c).astype(np.float64)
+
+    out = {"map_tie_aware": _safe_divide(expected_precision_sum(size), n_rel),
+           "map_at_r_tie_aware": _safe_divide(
+               expected_precision_sum(np.clip(n_rel_g - before, 0, size)), n_rel)}
+    for k in ks:
+        check_k(k)
+        near = before < k  # groups reaching into the top k (few, for small k)
+        row_k, before_k, size_k, rel_k = row[near], before[near], size[near], rel[near]
+        taken = np.minimum(k - before_k, size_k)
+        hits = np.bincount(row_k, weights=rel_k / size_k * taken, minlength=c).astype(np.float64)
+        out[f"precision_at_{k}_tie_aware"] = _safe_divide(hits, np.minimum(k, n_items))
+        out[f"recall_at_{k}_tie_aware"] = _safe_divide(hits, n_rel)
+        # hit@k: sure if a relevant group lies entirely in the top k, else the chance that
+        # the group straddling rank k (m of its n items in, r relevant) shows one of them:
+        # 1 - C(n - r, m) / C(n, m) = 1 - prod_{i < min(m, r)} (n - max(m, r) - i) / (n - i)
+        inside = np.bincount(row_k[before_k + size_k <= k], minlength=c) > 0
+        straddle = before_k + size_k > k
+        n, r, m = size_k[straddle], rel_k[straddle], k - before_k[straddle]
+        steps, top = np.minimum(m, r), n - np.maximum(m, r)
+        miss = np.ones(len(n))
+        for i in range(int(steps.max(initial=0))):
+            going = i < steps
+            miss[going] *= (top[going] - i) / (n[going] - i)
+        hit = inside.astype(np.float64)
+        s_row = row_k[straddle]
+        hit[s_row] = np.where(inside[s_row], 1.0, 1.0 - miss)
+        out[f"top{k}_tie_aware"] = hit
+    return out
+
+
+def _tie_aware_metric(rel, tot, key, k=None):
+    groups, n_rel, n_items = groups_from_histograms(rel, tot)
+    return tie_aware_from_groups(groups, n_rel, n_items, () if k is None else (k,))[key]
+
+
+# ---------------------------------------------------------------------------------------
 # Tie-aware metrics from histograms
 # ---------------------------------------------------------------------------------------
 
@@ -193,10 +284,8 @@ def average_precision_tie_aware(rel, tot):
     AP = (1/R) sum_d S_d(n_d) (module docstring). A query with R = 0 gets AP 0, stays
     in the mean, and is counted in n_without_relevant.
     """
-    rel, tot = _check_histograms(rel, tot)
-    total = _expected_precision_sums(rel, tot, tot).sum(axis=1)
-    n_rel = rel.sum(axis=1)
-    return _safe_divide(total, n_rel), int(np.count_nonzero(n_rel == 0))
+    ap = _tie_aware_metric(rel, tot, "map_tie_aware")
+    return ap, int(np.count_nonzero(np.asarray(rel).sum(axis=1) == 0))
 
 
 def map_at_r_tie_aware(rel, tot):
@@ -205,23 +294,17 @@ def map_at_r_tie_aware(rel, tot):
     MAP@R = (1/R) sum_{p<=R} P(p) rel(p), R = the query's number of relevant items;
     tie-aware: (1/R) sum_d S_d(clip(R - T_d, 0, n_d)). R = 0 gives 0.
     """
-    rel, tot = _check_histograms(rel, tot)
-    n_rel = rel.sum(axis=1)
-    before = _items_before(tot)
-    m = np.clip(n_rel[:, None] - before, 0, tot)
-    return _safe_divide(_expected_precision_sums(rel, tot, m).sum(axis=1), n_rel)
+    return _tie_aware_metric(rel, tot, "map_at_r_tie_aware")
 
 
 def precision_at_k_tie_aware(rel, tot, k):
     """Expected precision of the top k, [nq]: E[#relevant in top k] / min(k, N)."""
-    rel, tot = _check_histograms(rel, tot)
-    return _safe_divide(_expected_hits_at_k(rel, tot, k), np.minimum(k, tot.sum(axis=1)))
+    return _tie_aware_metric(rel, tot, f"precision_at_{k}_tie_aware", k)
 
 
 def recall_at_k_tie_aware(rel, tot, k):
     """Expected recall of the top k, [nq]: E[#relevant in top k] / R (0 when R = 0)."""
-    rel, tot = _check_histograms(rel, tot)
-    return _safe_divide(_expected_hits_at_k(rel, tot, k), rel.sum(axis=1))
+    return _tie_aware_metric(rel, tot, f"recall_at_{k}_tie_aware", k)
 
 
 def top_k_hit_rate_tie_aware(rel, tot, k):
@@ -231,22 +314,7 @@ def top_k_hit_rate_tie_aware(rel, tot, k):
     1 - C(n - r, m) / C(n, m) for the group straddling rank k (m of its n items in the
     top k, r relevant), the hypergeometric probability of missing all its relevant items.
     """
-    rel, tot = _check_histograms(rel, tot)
-    _check_k(k)
-    before = _items_before(tot)
-    inside = before + tot <= k
-    no_hit_inside = (rel * inside).sum(axis=1) == 0
-    straddle = (before < k) & ~inside  # at most one group per query
-    n = (tot * straddle).sum(axis=1)
-    r = (rel * straddle).sum(axis=1)
-    m = ((k - before) * straddle).sum(axis=1)
-    # C(n-r, m) / C(n, m) = prod_{i < min(m, r)} (n - max(m, r) - i) / (n - i)
-    steps, top = np.minimum(m, r), n - np.maximum(m, r)
-    miss = np.ones(len(n))
-    for i in range(int(steps.max(initial=0))):
-        going = i < steps
-        miss[going] *= (top[going] - i) / (n[going] - i)
-    return 1.0 - no_hit_inside * miss
+    return _tie_aware_metric(rel, tot, f"top{k}_tie_aware", k)
 
 
 def precision_within_radius(rel, tot, radius):
@@ -256,7 +324,7 @@ def precision_within_radius(rel, tot, radius):
     empty gets precision 0 and stays in the mean (the DSH/DPSH convention);
     empty_share is the share of such queries.
     """
-    rel, tot = _check_histograms(rel, tot)
+    rel, tot = check_histograms(rel, tot)
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     rel_in, in_ball = rel[:, : radius + 1].sum(axis=1), tot[:, : radius + 1].sum(axis=1)
@@ -272,7 +340,7 @@ def pr_curve_by_radius(rel, tot):
     query without relevant items counts recall 0; empty_share[r] is the share of
     queries whose ball of radius r is empty.
     """
-    rel, tot = _check_histograms(rel, tot)
+    rel, tot = check_histograms(rel, tot)
     rel_in, tot_in = np.cumsum(rel, axis=1), np.cumsum(tot, axis=1)
     precision = _safe_divide(rel_in, tot_in)
     recall = _safe_divide(rel_in, rel.sum(axis=1)[:, None])
@@ -290,38 +358,38 @@ def average_precision_index_order(ranked_rel):
     ranked_rel: bool [nq, N], relevance at ranks 1..N (ties broken by database index,
     see `hamming_ranked_relevance`). AP = (1/R) sum_p P(p) rel(p).
     """
-    ranked_rel = _check_ranked(ranked_rel)
-    ap_sum, _, _ = _index_order_stats(ranked_rel, ())
+    ranked_rel = check_ranked(ranked_rel)
+    ap_sum, _, _ = index_order_stats(ranked_rel, ())
     n_rel = ranked_rel.sum(axis=1)
     return _safe_divide(ap_sum, n_rel), int(np.count_nonzero(n_rel == 0))
 
 
 def map_at_r_index_order(ranked_rel):
     """MAP@R of a ranked list, [nq]: (1/R) sum_{p<=R} P(p) rel(p); R = 0 gives 0."""
-    ranked_rel = _check_ranked(ranked_rel)
-    _, mapr_sum, _ = _index_order_stats(ranked_rel, ())
+    ranked_rel = check_ranked(ranked_rel)
+    _, mapr_sum, _ = index_order_stats(ranked_rel, ())
     return _safe_divide(mapr_sum, ranked_rel.sum(axis=1))
 
 
 def precision_at_k_index_order(ranked_rel, k):
     """Precision of the top k of a ranked list, [nq]: #relevant in top k / min(k, N)."""
-    ranked_rel = _check_ranked(ranked_rel)
-    _check_k(k)
+    ranked_rel = check_ranked(ranked_rel)
+    check_k(k)
     found = ranked_rel[:, :k].sum(axis=1)
     return _safe_divide(found, np.full(len(found), min(k, ranked_rel.shape[1])))
 
 
 def recall_at_k_index_order(ranked_rel, k):
     """Recall of the top k of a ranked list, [nq]: #relevant in top k / R (0 if R = 0)."""
-    ranked_rel = _check_ranked(ranked_rel)
-    _check_k(k)
+    ranked_rel = check_ranked(ranked_rel)
+    check_k(k)
     return _safe_divide(ranked_rel[:, :k].sum(axis=1), ranked_rel.sum(axis=1))
 
 
 def top_k_hit_rate_index_order(ranked_rel, k):
     """1.0 where the top k of a ranked list holds a relevant item, else 0.0, [nq]."""
-    ranked_rel = _check_ranked(ranked_rel)
-    _check_k(k)
+    ranked_rel = check_ranked(ranked_rel)
+    check_k(k)
     return ranked_rel[:, :k].any(axis=1).astype(np.float64)
 
 
@@ -344,10 +412,10 @@ def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False
     if q_feats.ndim != 2 or db_feats.ndim != 2 or q_feats.shape[1] != db_feats.shape[1]:
         raise ValueError(f"features must be [n, dim] alike, got {q_feats.shape}, "
                          f"{db_feats.shape}")
-    q_labels, db_labels = _check_labels(q_feats, q_labels, db_feats, db_labels, exclude_self)
+    q_labels, db_labels = check_labels(q_feats, q_labels, db_feats, db_labels, exclude_self)
     db_sq = np.einsum("ij,ij->i", db_feats, db_feats)
     parts = []
-    step = _chunk_rows(chunk, len(db_labels))
+    step = chunk_rows(chunk, len(db_labels))
     for start in range(0, len(q_feats), step):
         rows = slice(start, min(start + step, len(q_feats)))
         q = q_feats[rows]
@@ -355,7 +423,7 @@ def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False
         same = q_labels[rows, None] == db_labels[None, :]
         if exclude_self:
             dist, same = _drop_self(rows, dist, same)
-        parts.append(_index_order_metrics(_ranked_relevance(dist, same), ks))
+        parts.append(index_order_metrics(_ranked_relevance(dist, same), ks))
     out = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
            for key in _index_order_keys(ks)}
     out["queries_without_relevant"] = sum(p["queries_without_relevant"] for p in parts)
@@ -385,13 +453,9 @@ def evaluate_codes(q_codes, q_labels, db_codes, db_labels, nbits, exclude_self=F
     sums, n_queries, without = {}, 0, 0
     for _, rel, tot, stats in _scan_chunks(q_words, q_labels, db_words, db_labels, nbits,
                                            exclude_self, chunk, ks, threads):
-        ap, chunk_without = average_precision_tie_aware(rel, tot)
-        metrics = {"map_tie_aware": ap, "map_at_r_tie_aware": map_at_r_tie_aware(rel, tot)}
-        for k in ks:
-            metrics[f"precision_at_{k}_tie_aware"] = precision_at_k_tie_aware(rel, tot, k)
-            metrics[f"recall_at_{k}_tie_aware"] = recall_at_k_tie_aware(rel, tot, k)
-            metrics[f"top{k}_tie_aware"] = top_k_hit_rate_tie_aware(rel, tot, k)
-        index_order = _index_order_from_stats(*stats, rel.sum(axis=1), tot.sum(axis=1), ks)
+        groups, n_rel, n_items = groups_from_histograms(rel, tot)
+        metrics = tie_aware_from_groups(groups, n_rel, n_items, ks)
+        index_order = index_order_from_stats(*stats, n_rel, n_items, ks)
         for key, values in index_order.items():
             if key != "queries_without_relevant":
                 metrics[_INDEX_ORDER_NAMES.get(key, key) + "_index_order"] = values
@@ -402,7 +466,7 @@ def evaluate_codes(q_codes, q_labels, db_codes, db_labels, nbits, exclude_self=F
         for key, values in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(np.sum(values))
         n_queries += len(rel)
-        without += chunk_without
+        without += int(np.count_nonzero(n_rel == 0))
     out = {key: value / n_queries for key, value in sums.items()}
     out.update(queries_without_relevant=without, n_queries=n_queries,
                n_database=len(db_labels) - bool(exclude_self))
@@ -451,16 +515,22 @@ def _index_order_keys(ks):
     return keys
 
 
-def _index_order_metrics(ranked_rel, ks):
-    return _index_order_from_stats(*_index_order_stats(ranked_rel, ks),
-                                   ranked_rel.sum(axis=1), ranked_rel.shape[1], ks)
+def index_order_metrics(ranked_rel, ks, relevant=None):
+    """Per-query index-order metrics (the `_index_order_keys`, plus the int
+    ``queries_without_relevant``) of ranked relevance bool [c, N]; relevant:
+    ``np.nonzero(ranked_rel)`` if already computed."""
+    if relevant is None:
+        relevant = np.nonzero(ranked_rel)
+    n_rel = np.bincount(relevant[0], minlength=ranked_rel.shape[0])
+    return index_order_from_stats(*index_order_stats(ranked_rel, ks, relevant), n_rel,
+                                  ranked_rel.shape[1], ks)
 
 
-def _index_order_stats(ranked_rel, ks, relevant=None):
+def index_order_stats(ranked_rel, ks, relevant=None):
     """``(ap_sum, mapr_sum, hits_k)`` of ranked relevance bool [c, N]: per query the sums of
     P(p) = hits(p) / p over relevant ranks p (all, and p <= R), and int [c, len(ks)], the
     number of relevant items in the top k. The same statistics as the C scan
-    (`tools._native.scan`), from the relevant positions only: P(p) of the j-th relevant
+    (`tools.hashing.native.scan`), from the relevant positions only: P(p) of the j-th relevant
     item of a row is j / p; the terms are laid out in a [c, max R] array so that each row
     is summed pairwise, as a plain ``sum(axis=1)`` would. relevant: ``np.nonzero(ranked_rel)``
     if already computed.
@@ -478,13 +548,13 @@ def _index_order_stats(ranked_rel, ks, relevant=None):
     mapr_sum = terms.sum(axis=1)
     hits_k = np.zeros((c, len(ks)), dtype=np.int64)
     for t, k in enumerate(ks):
-        _check_k(k)
+        check_k(k)
         hits_k[:, t] = ranked_rel[:, :k].sum(axis=1)
     return ap_sum, mapr_sum, hits_k
 
 
-def _index_order_from_stats(ap_sum, mapr_sum, hits_k, n_rel, n_items, ks):
-    """Per-query index-order metrics (the `_index_order_keys`) from `_index_order_stats`;
+def index_order_from_stats(ap_sum, mapr_sum, hits_k, n_rel, n_items, ks):
+    """Per-query index-order metrics (the `_index_order_keys`) from `index_order_stats`;
     n_items: ranked items per query (N)."""
     n_rel = np.asarray(n_rel)
     out = {"ap": _safe_divide(ap_sum, n_rel), "map_at_r": _safe_divide(mapr_sum, n_rel),
@@ -500,7 +570,7 @@ def _index_order_from_stats(ap_sum, mapr_sum, hits_k, n_rel, n_items, ks):
 def _scan_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self, chunk, ks,
                  threads=1):
     """Yield ``(rows, rel, tot, (ap_sum, mapr_sum, hits_k))`` per chunk of queries: the
-    histograms and the index-order statistics of `_index_order_stats`.
+    histograms and the index-order statistics of `index_order_stats`.
 
     With the C kernels: one scan of the database per query, O(ndb + nbits) time and
     O(ndb) memory, no distance matrix (default chunk: HISTOGRAM_CHUNK_CELLS / (nbits + 1)
@@ -508,18 +578,18 @@ def _scan_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self, ch
     are independent, so the results do not depend on the split). Without: distances and
     `_sorted_chunk` (a stable radix argsort) per chunk of CHUNK_ELEMENTS / ndb queries.
     """
-    q_words, db_words = _check_words(q_words, db_words)
-    q_labels, db_labels = _check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
+    q_words, db_words = check_words(q_words, db_words)
+    q_labels, db_labels = check_labels(q_words, q_labels, db_words, db_labels, exclude_self)
     _check_nbits(q_words, nbits)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     for k in ks:
-        _check_k(k)
+        check_k(k)
     relevance = _relevance_index(q_labels, db_labels) if nbits < 65536 else None
     if relevance is None:
-        step = _chunk_rows(chunk, len(db_labels))
+        step = chunk_rows(chunk, len(db_labels))
     else:
-        step = _chunk_rows(chunk, 1, max(1, HISTOGRAM_CHUNK_CELLS // (nbits + 1)))
+        step = chunk_rows(chunk, 1, max(1, HISTOGRAM_CHUNK_CELLS // (nbits + 1)))
         unique_ks = np.unique(np.asarray(ks, dtype=np.int64))
         where = np.searchsorted(unique_ks, np.asarray(ks, dtype=np.int64))
     pool = None
@@ -528,7 +598,7 @@ def _scan_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self, ch
         pool = ThreadPoolExecutor(threads)
 
     def scan(lo, hi):
-        return _native.scan(q_words[lo:hi], db_words, _rows_of(relevance, slice(lo, hi)),
+        return native.scan(q_words[lo:hi], db_words, _rows_of(relevance, slice(lo, hi)),
                             nbits + 1, lo if exclude_self else -1, unique_ks)
 
     try:
@@ -538,7 +608,7 @@ def _scan_chunks(q_words, q_labels, db_words, db_labels, nbits, exclude_self, ch
                 dist, same = _distances(rows, q_words, q_labels, db_words, db_labels, nbits,
                                         exclude_self)
                 rel, tot, ranked_rel, relevant = _sorted_chunk(dist, same, nbits)
-                yield rows, rel, tot, _index_order_stats(ranked_rel, ks, relevant)
+                yield rows, rel, tot, index_order_stats(ranked_rel, ks, relevant)
                 continue
             if pool is None:
                 parts = [scan(rows.start, rows.stop)]
@@ -566,9 +636,9 @@ def _distances(rows, q_words, q_labels, db_words, db_labels, nbits, exclude_self
 
 
 def _relevance_index(q_labels, db_labels):
-    """The database grouped by label for the C scan (`tools._native.relevance_index`), or
+    """The database grouped by label for the C scan (`tools.hashing.native.relevance_index`), or
     None when the C kernels are unavailable or the labels cannot be sorted."""
-    if _native.lib() is None:
+    if native.lib() is None:
         return None
     if q_labels.dtype.kind in "biu" and db_labels.dtype.kind in "biu":
         codes = q_labels.astype(np.int64), db_labels.astype(np.int64)
@@ -584,30 +654,12 @@ def _relevance_index(q_labels, db_labels):
             return None
         inverse = inverse.reshape(-1)
         codes = inverse[: len(q_labels)], inverse[len(q_labels):]
-    return _native.relevance_index(*codes)
+    return native.relevance_index(*codes)
 
 
 def _rows_of(relevance, rows):
     rel_idx, lo, hi = relevance
     return rel_idx, lo[rows], hi[rows]
-
-
-def _expected_precision_sums(rel, tot, m):
-    """S_d(m_d) of the module docstring, float [nq, nbits + 1].
-
-    Expected sum of rel(p) * P(p) over the first m[i, d] positions of group d of query i
-    when the group's items come in uniformly random order.
-    """
-    rel, tot, m = (np.asarray(a, dtype=np.float64) for a in (rel, tot, m))
-    before = _items_before(tot)
-    rel_before = np.cumsum(rel, axis=1) - rel
-    out = np.zeros(rel.shape)
-    used = (rel > 0) & (m > 0)
-    r, n, b = rel[used], tot[used], rel_before[used]
-    dh, g = _harmonic_sums(before[used] + 1.0, m[used])
-    c = _safe_divide(r - 1.0, n - 1.0, where=n > 1)
-    out[used] = r / n * ((b + 1.0) * dh + c * g)
-    return out
 
 
 def _harmonic_sums(x, m):
@@ -661,13 +713,6 @@ def _t_minus_log1p(t):
         total += (1.0 - (k % 2) / k) * power
         power = power * u
     return 2.0 * total
-
-
-def _expected_hits_at_k(rel, tot, k):
-    """E[#relevant items in the top k], float [nq]."""
-    _check_k(k)
-    taken = np.clip(k - _items_before(tot), 0, tot)
-    return (_safe_divide(rel, tot) * taken).sum(axis=1)
 
 
 def _items_before(tot):
@@ -725,7 +770,7 @@ def _drop_self(rows, *arrays):
     return tuple(a[keep].reshape(count, -1) for a in arrays)
 
 
-def _chunk_rows(chunk, ndb, default=None):
+def chunk_rows(chunk, ndb, default=None):
     if chunk is None:
         return default if default is not None else max(1, CHUNK_ELEMENTS // max(ndb, 1))
     if chunk < 1:
@@ -738,7 +783,7 @@ def _check_nbits(q_words, nbits):
         raise ValueError(f"{q_words.shape[1]} words cannot hold nbits={nbits}")
 
 
-def _check_labels(q_items, q_labels, db_items, db_labels, exclude_self):
+def check_labels(q_items, q_labels, db_items, db_labels, exclude_self):
     q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
     if q_labels.shape != (len(q_items),) or db_labels.shape != (len(db_items),):
         raise ValueError(f"labels must be 1-D, one per item: got {q_labels.shape} for "
@@ -748,7 +793,7 @@ def _check_labels(q_items, q_labels, db_items, db_labels, exclude_self):
     return q_labels, db_labels
 
 
-def _check_histograms(rel, tot):
+def check_histograms(rel, tot):
     rel, tot = np.asarray(rel), np.asarray(tot)
     if rel.ndim != 2 or rel.shape != tot.shape:
         raise ValueError(f"rel and tot must be [nq, nbits + 1] alike, got {rel.shape}, "
@@ -758,7 +803,7 @@ def _check_histograms(rel, tot):
     return rel.astype(np.int64), tot.astype(np.int64)
 
 
-def _check_ranked(ranked_rel):
+def check_ranked(ranked_rel):
     ranked_rel = np.asarray(ranked_rel)
     if ranked_rel.ndim != 2 or ranked_rel.dtype != np.bool_:
         raise ValueError(f"ranked relevance must be bool [nq, N], got {ranked_rel.dtype} "
@@ -766,7 +811,7 @@ def _check_ranked(ranked_rel):
     return ranked_rel
 
 
-def _check_k(k):
+def check_k(k):
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
 

@@ -17,8 +17,8 @@ Both tables' slopes in N are exactly eps^2, so the rest of Eq. 16 is what the au
 the number of "flipped" bits differs, and not in one consistent way. Replication configs keep
 Table I's values (the paper's choice); `--eq16` shows what the formula itself gives.
 
-    python3 tools/tqn_params.py --table1                 # Table I beside Eq. 16, with the implied K
-    python3 tools/tqn_params.py --classes 10 --bits 48 --omega 2 --epsilon 0.3 [--Delta 0.4]
+    python -m prototxt.tqn_params --table1                 # Table I beside Eq. 16, with the implied K
+    python -m prototxt.tqn_params --classes 10 --bits 48 --omega 2 --epsilon 0.3 [--Delta 0.4]
 """
 import argparse
 import math

@@ -1,7 +1,7 @@
 """Product-quantized retrieval: DQN's asymmetric quantizer distance (ADC), exact metrics, top-k.
 
-    python -m tools.pq query RUN/blobs/step --rows 0 17 [-k 10] [--metric ip|l2] [--json]
-    python -m tools.pq evaluate RUN/blobs/step [--metric ip|l2]
+Searched from the command line by `python -m tools.retrieval` (DQN runs), evaluated by
+`python -m tools.evaluate`.
 
 A product quantizer splits a D-dim vector into M subvectors of d = D / M dims; codebook m holds
 K centroids C_m [K, d], and a database item is stored as its code h [M] (integers < K, uint8
@@ -15,8 +15,8 @@ and ``metric="l2"`` is the squared Euclidean ADC ||z - decode(h)||^2 = sum_m ||z
 C_m[h_m]||^2 (lower = closer). Both are sums of per-subspace terms, so a query's M x K lookup
 table T[m, k] (`lookup_tables`, computed in float64 from float32 inputs, stored as float32)
 gives every score with M lookups: score[j] = sum_m T[m, h_jm] (`adc_scores`, float32 sums in
-m order). With a C compiler the lookups run in tools/_native.c (tqn_adc, built on first use,
-see tools/_native.py), else in numpy; both give bitwise-equal scores.
+m order). With a C compiler the lookups run in native.c (tqn_adc, built on first use, see
+native.py), else in numpy; both give bitwise-equal scores.
 
 Ranking. Internally each score becomes a uint32 key that sorts best first (the IEEE bits of
 the score, negated for "ip", mapped to an order-preserving unsigned integer; -0.0 and +0.0 map
@@ -27,11 +27,11 @@ the ranking with ties broken by database index, and the tie groups are its runs 
 scores. Two orderings are reported, as in tools/metrics.py:
 
 * tie-aware (primary): the expectation over uniformly random orders within tie groups: the
-  closed forms of tools.metrics (AP, MAP@R, P@k, R@k, hit@k), summed over the groups holding
-  relevant items only (T items and B relevant items before the group, n items and r relevant
-  ones in it), with tools.metrics._harmonic_sums;
-* index order: ties broken by database index, from the relevance of the sorted ranking with
-  tools.metrics._index_order_stats.
+  closed forms of metrics.py (AP, MAP@R, P@k, R@k, hit@k) over the groups holding relevant
+  items (T items and B relevant items before the group, n items and r relevant ones in it),
+  `metrics.tie_aware_from_groups`;
+* index order: ties broken by database index, from the relevance of the sorted ranking
+  (`metrics.index_order_metrics`).
 
 Top-k (`search`): np.partition of the unique uint64 keys, so the k best are exactly those of a
 stable sort by (score, index), then a sort of those k.
@@ -41,14 +41,12 @@ table entries, per chunk), so memory stays bounded whatever the number of
 queries. `evaluate_adc` returns the keys of tools.metrics.evaluate_codes (without the Hamming
 radius ones, which PQ codes do not have).
 """
-import argparse
-import json
 import sys
 
 import numpy as np
 
-from . import _native
 from . import metrics as M
+from . import native
 
 __all__ = ["METRICS", "code_dtype", "encode", "decode", "lookup_tables", "adc_scores",
            "search", "iter_adc_chunks", "evaluate_adc"]
@@ -132,7 +130,7 @@ def _check_metric(metric):
 def _chunk(chunk, ndb, table_size):
     """Queries per chunk: about CHUNK_ELEMENTS scores and as many table entries."""
     if chunk is not None:
-        return M._chunk_rows(chunk, ndb)
+        return M.chunk_rows(chunk, ndb)
     return max(1, min(CHUNK_ELEMENTS // max(ndb, 1), CHUNK_ELEMENTS // table_size))
 
 
@@ -212,8 +210,8 @@ def _scores(tables, codes, out):
     float32 terms in m order starting from the first, so they agree bitwise."""
     if out.size == 0:
         return out
-    if _native.lib() is not None:
-        return _native.adc(tables, codes, out)
+    if native.lib() is not None:
+        return native.adc(tables, codes, out)
     for m in range(tables.shape[1]):
         if m == 0:
             np.take(tables[:, 0], codes[:, 0], axis=1, out=out)
@@ -251,7 +249,7 @@ def _prepare(z, q_labels, codes, db_labels, codebooks, metric, exclude_self):
     if exclude_self and len(z) != len(codes):
         raise ValueError("exclude_self needs the query set to be the database")
     if q_labels is not None:
-        q_labels, db_labels = M._check_labels(z, q_labels, codes, db_labels, exclude_self)
+        q_labels, db_labels = M.check_labels(z, q_labels, codes, db_labels, exclude_self)
     return z, q_labels, codes, db_labels, codebooks
 
 
@@ -309,7 +307,7 @@ def iter_adc_chunks(z, q_labels, codes, db_labels, codebooks, metric="ip", exclu
     z, q_labels, codes, db_labels, codebooks = _prepare(z, q_labels, codes, db_labels,
                                                         codebooks, metric, exclude_self)
     for k in ks:
-        M._check_k(k)
+        M.check_k(k)
     q_lab, db_lab = _label_codes(q_labels, db_labels)
     ndb = len(codes)
     n_items = ndb - bool(exclude_self)
@@ -333,10 +331,10 @@ def _chunk_metrics(keys, q_lab, db_lab, n_items, ks):
     n_items ranked items per query (the query itself, last, is cut off).
 
     One sort of the unique (key << 32 | index) keys per query gives the index-order ranking;
-    its relevance goes to tools.metrics' `_index_order_stats`. Tie groups are the runs of
+    its relevance goes to `metrics.index_order_metrics`. Tie groups are the runs of
     equal keys in that ranking; for each group holding relevant items, T (items before it),
     n (its size), B (relevant items before it) and r (its relevant items) feed the tie-aware
-    closed forms (`_tie_aware_from_groups`).
+    closed forms (`metrics.tie_aware_from_groups`).
     """
     c = keys.shape[0]
     order = np.sort(_keys64(keys), axis=1)
@@ -349,8 +347,7 @@ def _chunk_metrics(keys, q_lab, db_lab, n_items, ks):
     del order, halves, key
     rel_rows, rel_cols = np.nonzero(ranked_rel)  # row-major: per query in rank order
     n_rel = np.bincount(rel_rows, minlength=c)
-    out = M._index_order_from_stats(
-        *M._index_order_stats(ranked_rel, ks, (rel_rows, rel_cols)), n_rel, n_items, ks)
+    out = M.index_order_metrics(ranked_rel, ks, (rel_rows, rel_cols))
     out = {("map" if key == "ap" else key) + "_index_order": v for key, v in out.items()
            if key != "queries_without_relevant"}
     # the tie group of each relevant item: [T, T + n) in its query's ranking
@@ -377,59 +374,8 @@ def _chunk_metrics(keys, q_lab, db_lab, n_items, ks):
     groups = dict(row=g_row, before=before[g_first], size=end[g_first] - before[g_first],
                   rel_before=g_first - (np.cumsum(n_rel) - n_rel)[g_row],
                   rel=np.diff(np.append(g_first, len(rel_rows))))
-    out.update(_tie_aware_from_groups(groups, n_rel, n_items, ks))
+    out.update(M.tie_aware_from_groups(groups, n_rel, n_items, ks))
     out["queries_without_relevant"] = int(np.count_nonzero(n_rel == 0))
-    return out
-
-
-def _tie_aware_from_groups(groups, n_rel, n_items, ks):
-    """Tie-aware per-query metrics from the tie groups holding relevant items.
-
-    The closed forms of tools.metrics (module docstring there), summed over these groups
-    only: groups without relevant items add nothing to any of them but items before the
-    others (already in T). S_g(m) = (r/n) [(B + 1) dH + c G] with dH, G from
-    tools.metrics._harmonic_sums; a single-item group (r = n = 1) has S = (B + 1) / (T + 1).
-    """
-    row, before, size = groups["row"], groups["before"], groups["size"]
-    rel_before, rel = groups["rel_before"], groups["rel"]
-    c = len(n_rel)
-    n_rel_g = n_rel[row]
-    single = size == 1
-    multi = ~single
-    x = before[multi] + 1.0
-    coef = M._safe_divide(rel[multi] - 1.0, size[multi] - 1.0)
-
-    def expected_precision_sum(m):  # S_g(m_g), m_g items of each group taken
-        out = np.where(single & (m > 0), (rel_before + 1.0) / (before + 1.0), 0.0)
-        dh, g = M._harmonic_sums(x, m[multi].astype(np.float64))
-        out[multi] = rel[multi] / size[multi] * ((rel_before[multi] + 1.0) * dh + coef * g)
-        return np.bincount(row, weights=out, minlength=c).astype(np.float64)
-
-    out = {"map_tie_aware": M._safe_divide(expected_precision_sum(size), n_rel),
-           "map_at_r_tie_aware": M._safe_divide(
-               expected_precision_sum(np.clip(n_rel_g - before, 0, size)), n_rel)}
-    for k in ks:
-        near = before < k  # groups reaching into the top k (few, for small k)
-        row_k, before_k, size_k, rel_k = row[near], before[near], size[near], rel[near]
-        taken = np.minimum(k - before_k, size_k)
-        hits = np.bincount(row_k, weights=rel_k / size_k * taken, minlength=c).astype(np.float64)
-        out[f"precision_at_{k}_tie_aware"] = hits / min(k, n_items) if n_items else hits * 0
-        out[f"recall_at_{k}_tie_aware"] = M._safe_divide(hits, n_rel)
-        # hit@k: sure if a relevant group lies entirely in the top k, else the chance that
-        # the group straddling rank k (m of its n items in, r relevant) shows one of them:
-        # 1 - C(n - r, m) / C(n, m) = 1 - prod_{i < min(m, r)} (n - max(m, r) - i) / (n - i)
-        inside = np.bincount(row_k[before_k + size_k <= k], minlength=c) > 0
-        straddle = before_k + size_k > k
-        n, r, m = size_k[straddle], rel_k[straddle], k - before_k[straddle]
-        steps, top = np.minimum(m, r), n - np.maximum(m, r)
-        miss = np.ones(len(n))
-        for i in range(int(steps.max(initial=0))):
-            going = i < steps
-            miss[going] *= (top[going] - i) / (n[going] - i)
-        hit = inside.astype(np.float64)
-        s_row = row_k[straddle]
-        hit[s_row] = np.where(inside[s_row], 1.0, 1.0 - miss)
-        out[f"top{k}_tie_aware"] = hit
     return out
 
 
@@ -456,66 +402,3 @@ def evaluate_adc(q_feats, q_labels, db_codes, db_labels, codebooks, metric="ip",
     out.update(queries_without_relevant=without, n_queries=n_queries,
                n_database=len(db_codes) - bool(exclude_self))
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------
-
-
-def _load(blobs):
-    import os
-    from tools.extract import load_blobs
-    meta, sets = load_blobs(blobs, arrays=("features", "codes", "labels"))
-    if meta.get("method") != "dqn":
-        raise SystemExit(f"{blobs}: not a DQN extraction (method {meta.get('method')!r}); "
-                         f"binary codes are searched by python -m tools.retrieval")
-    codebooks = np.load(os.path.join(blobs, "codebooks.npy"), allow_pickle=False)
-    return meta, sets, codebooks
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("query", help="nearest database items of query rows (ADC)")
-    q.add_argument("blobs", help="a tools.extract folder of a DQN net")
-    q.add_argument("--rows", type=int, nargs="+", required=True, help="rows of the query set")
-    q.add_argument("-k", type=int, default=10)
-    q.add_argument("--metric", choices=METRICS, default="ip")
-    q.add_argument("--json", action="store_true")
-    e = sub.add_parser("evaluate", help="exact ADC metrics of the query set")
-    e.add_argument("blobs")
-    e.add_argument("--metric", choices=METRICS, default="ip")
-    a = ap.parse_args(argv)
-    meta, sets, codebooks = _load(a.blobs)
-    qs, db = sets["query"], sets["database"]
-    same = bool(meta.get("database_is_query"))
-    if a.command == "evaluate":
-        print(json.dumps(evaluate_adc(qs["features"], qs["labels"], db["pq_codes"],
-                                      db["labels"], codebooks, a.metric, exclude_self=same),
-                         indent=1))
-        return 0
-    rows = np.asarray(a.rows)
-    if rows.min() < 0 or rows.max() >= len(qs["features"]):
-        raise SystemExit(f"rows must be in 0..{len(qs['features']) - 1}")
-    answers = []
-    for r in rows:  # with query = database, the query is left out of its own answer
-        scores, ids = search(qs["features"][r:r + 1], db["pq_codes"], codebooks, a.k + same,
-                             a.metric)
-        keep = ids[0] != r if same else np.ones(ids.shape[1], dtype=bool)
-        ids, scores = ids[0][keep][:a.k], scores[0][keep][:a.k]
-        answers.append(dict(row=int(r), label=int(qs["labels"][r]), ids=ids.tolist(),
-                            labels=db["labels"][ids].tolist(),
-                            scores=[float(s) for s in scores]))
-    if a.json:
-        print(json.dumps(dict(metric=a.metric, answers=answers)))
-    else:
-        for ans in answers:
-            print(f"query row {ans['row']} (label {ans['label']}):")
-            for i, l, s in zip(ans["ids"], ans["labels"], ans["scores"]):
-                print(f"  {i}\tlabel {l}\t{a.metric} {s:.6g}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

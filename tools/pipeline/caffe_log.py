@@ -1,4 +1,4 @@
-"""Reads `caffe train` logs: every displayed iteration's net outputs, and loss-curve plots.
+"""Reads `caffe train` logs: every displayed iteration's net outputs (report.py plots them).
 
 Caffe prints, every `display` iterations,
 
@@ -32,29 +32,3 @@ def parse(text):
 def parse_file(path):
     with open(path, errors="replace") as f:
         return parse(f.read())
-
-
-def plot_curves(panels, path, title):
-    """panels: [(panel title, {label: [(iteration, value), ...]}), ...] -> one PNG, a panel each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (panel_title, curves) in zip(axes[0], panels):
-        for label, points in curves.items():
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, label=label)
-        ax.set_title(panel_title)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    import os
-    os.replace(tmp, path)

@@ -1,5 +1,5 @@
-"""Optional C kernels (tools/_native.c) for the Hamming scans of tools/codes.py and
-tools/metrics.py and the ADC table lookups of tools/pq.py, built on first use with the system C compiler and loaded with ctypes.
+"""Optional C kernels (native.c) for the Hamming scans of codes.py and metrics.py and the ADC
+table lookups of pq.py, built on first use with the system C compiler and loaded with ctypes.
 
 Nothing beyond the standard library and a C compiler (`$CC`, else Python's configured
 compiler, else `cc` / `gcc`): no Python headers, no cffi. The shared library is cached in
@@ -20,14 +20,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import warnings
 
 import numpy as np
 
+from data_prep.outputs import tmp_name
+
 ABI_VERSION = 3
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.c")
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "error": None, "path": None}
@@ -45,7 +46,7 @@ def lib():
                     _state["lib"], _state["path"] = _load()
                 except Exception as e:  # no compiler, failed build, unloadable library
                     _state["error"] = f"{type(e).__name__}: {e}"
-                    warnings.warn(f"tools._native: C kernels unavailable, using numpy "
+                    warnings.warn(f"tools.hashing.native: C kernels unavailable, using numpy "
                                   f"({_state['error']})", RuntimeWarning, stacklevel=2)
                 _state["tried"] = True
     return _state["lib"]
@@ -57,7 +58,7 @@ def status():
     if loaded is not None:
         return {"backend": "native", "library": _state["path"], "reason": None}
     if _disabled_depth[0]:
-        reason = "disabled by tools._native.disabled()"
+        reason = "disabled by tools.hashing.native.disabled()"
     elif os.environ.get("TQN_NATIVE", "1") == "0":
         reason = "disabled by TQN_NATIVE=0"
     else:
@@ -121,8 +122,7 @@ def _load():
     path = os.path.join(folder, f"tqn_native_{key}.so")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
+        tmp = tmp_name(path)  # the compiler writes here; renamed when complete
         try:
             run = subprocess.run([cc, *_FLAGS, "-o", tmp, _SOURCE], capture_output=True,
                                  text=True, timeout=300)

@@ -1,0 +1,64 @@
+"""The `caffe` binary of this checkout's build: where it is, and `caffe train` run with its log
+in a file and a progress line on the console every 10 %.
+
+Caffe's own log (glog at INFO: the net's set-up, every displayed iteration) is a product of the
+run and goes to the log file only; the console gets the progress lines.
+"""
+import os
+import re
+import subprocess
+import time
+
+from tools.pipeline.errors import PipelineError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class CaffeError(PipelineError):
+    """`caffe` could not be found or exited with an error."""
+
+
+def caffe_binary():
+    build = os.environ.get("CAFFE_BUILD")
+    if not build:
+        raise CaffeError("CAFFE_BUILD is not set: run `. tools/env.sh` first (it builds Caffe)")
+    return os.path.join(build, "tools", "caffe")
+
+
+def git_commit():
+    """This checkout's commit, or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+ITERATION = re.compile(r"\] Iteration (\d+).*loss = (\S+)")
+
+
+def run_caffe(cmd, log_path, iters, label, quiet=False):
+    """Runs a `caffe train` command, appending its log to `log_path` and printing progress
+    every 10 % of `iters`; returns the wall seconds. A failure is a CaffeError quoting the
+    log's last lines."""
+    env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")  # the log is a product
+    next_report = 0.1
+    start = time.monotonic()
+    with open(log_path, "a") as log:
+        log.write(f"# {' '.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, bufsize=1)
+        for line in proc.stdout:
+            log.write(line)
+            m = ITERATION.search(line)
+            if m and not quiet and int(m.group(1)) >= next_report * iters:
+                print(f"  {label}: iteration {m.group(1)}/{iters}, loss {m.group(2)}, "
+                      f"{time.monotonic() - start:.0f} s", flush=True)
+                while next_report * iters <= int(m.group(1)):
+                    next_report += 0.1
+        code = proc.wait()
+    if code != 0:
+        with open(log_path) as f:
+            tail = f.readlines()[-15:]
+        raise CaffeError(f"{label}: caffe exited with {code}; the log is {log_path}:\n" + "".join(tail))
+    return time.monotonic() - start
