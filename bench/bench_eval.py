@@ -32,7 +32,7 @@ Sections (``--sections``):
   popcount    the lower bound nq * ndb * ceil(nbits / 64) XOR + popcount operations at
               the single-core rate measured with a tight numpy loop (np.bitwise_xor and
               np.bitwise_count into preallocated buffers).
-  dqn_adc     DQN's retrieval by asymmetric quantizer distance (tools/pq.py) on product-
+  dqn_adc     DQN's retrieval by asymmetric quantizer distance (tools/hashing/pq.py) on product-
               quantized data: nq queries x ndb database vectors, D = 300, M = 6 codebooks of
               K = 256 centroids (48 bits), 10 Gaussian clusters = classes; codebooks trained
               by faiss's ProductQuantizer (IndexPQ.train) on the database, then loaded as

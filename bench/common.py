@@ -89,10 +89,7 @@ def run_worker(script, args, env_extra=None, timeout=None):
 def write_result(bench, result):
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{bench}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json(path, result, indent=1, sort_keys=False)
     return path
 
 
@@ -114,7 +111,5 @@ def update_readme(bench, markdown):
         text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(path, text)
     return path

@@ -10,7 +10,7 @@ See data_prep/README.md. Modules (one job each):
   triplets      seeded per-epoch (anchor, positive, negative) row triplets
   datum         caffe_pb2 (lazy) and Datum / BlobProto encoding
   lmdb_io       image LMDBs, stock triplet LMDB, mean.binaryproto / mean.json, readers
-  atomic        temp-name-then-rename writes, output lock, sha256
+  outputs       the one owner of atomic writes, the output lock, sha256, completion markers
   progress      a line per 10 % of long work
   fakes         small fake CIFAR-10 archives in both official layouts (tests, smoke runs)
   build         the CLI: python -m data_prep.build ...

@@ -48,7 +48,7 @@ def inspect(path, limit=None):
 def report(path, info, max_labels=20):
     lines = [f'{path}', f'  records: {info["count"]:,}' +
              ('' if info['inspected'] == info['count'] else f' (first {info["inspected"]:,} inspected)'),
-             f'  keys: ' + ('%08d row keys 00000000..' + f'{info["count"] - 1:08d}' if info['contiguous_keys']
+             '  keys: ' + ('%08d row keys 00000000..' + f'{info["count"] - 1:08d}' if info['contiguous_keys']
                             else 'not the contiguous %08d row keys')]
     for kind, n in sorted(info['kinds'].items()):
         lines.append(f'  {kind}: {n:,}')

@@ -1,4 +1,4 @@
-"""Tests of tools/baselines.py: each baseline on data where the right answer is known.
+"""Tests of tools/hashing/baselines.py: each baseline on data where the right answer is known.
 
 * ITQ: on rotated hypercube vertices the optimal rotation is known (loss ~ noise), and on
   correlated Gaussian data the learned rotation must beat plain PCA sign codes (R = I);

@@ -1,4 +1,4 @@
-"""tools/caffe_log.py reads `caffe train` logs."""
+"""tools/pipeline/caffe_log.py reads `caffe train` logs."""
 from tools.pipeline import caffe_log, report
 
 LOG = """I1126 15:00:00.1 1 solver.cpp:218] Iteration 0 (0 iter/s, 0.05s/20 iters), loss = 0.8

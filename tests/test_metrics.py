@@ -1,4 +1,4 @@
-"""Tests of tools/metrics.py against brute force written plainly in this file.
+"""Tests of tools/hashing/metrics.py against brute force written plainly in this file.
 
 * index order: explicit distances from the bits, Python's stable `sorted`, textbook
   loops in exact fractions;

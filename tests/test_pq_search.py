@@ -1,4 +1,4 @@
-"""Tests of tools/pq.py (DQN's ADC search and its exact metrics) against brute force written
+"""Tests of tools/hashing/pq.py (DQN's ADC search and its exact metrics) against brute force written
 plainly here: decode-then-score with explicit loops, Python's stable `sorted`, textbook AP in
 exact fractions, and the tie-aware expectation by enumerating every ordering of every tie
 group (itertools.permutations).
@@ -296,7 +296,7 @@ def test_metrics_with_exclude_self(metric):
 
 
 def test_tie_aware_equals_metrics_module_on_score_histograms():
-    """Larger case: the tie-aware values equal tools.metrics' closed forms applied to
+    """Larger case: the tie-aware values equal tools.hashing.metrics' closed forms applied to
     histograms over the distinct scores (a different route to the same numbers)."""
     ks = (1, 5, 20)
     z, ql, codes, dl, cb = int_case(30, n_sub=3, k=4, d=2, nq=25, ndb=300, dup=30)
@@ -351,7 +351,7 @@ def test_chunking_invariance_and_evaluate_keys():
     for chunk in (1, 5):
         s2, i2 = pq.search(z, codes, cb, 7, chunk=chunk)
         assert np.array_equal(i, i2) and np.array_equal(s, s2)
-    # the keys of tools.metrics.evaluate_codes, without the Hamming-radius ones
+    # the keys of tools.hashing.metrics.evaluate_codes, without the Hamming-radius ones
     q_bits = np.random.default_rng(0).random((4, 8)) < 0.5
     hamming = MT.evaluate_codes(q_bits, ql[:4], q_bits, ql[:4], 8, ks=(1, 5), radii=())
     assert set(ref) == set(hamming)

@@ -4,7 +4,6 @@ rerun that redoes nothing."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 import data_prep.readers

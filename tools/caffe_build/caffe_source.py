@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PATCH_DIRS = [os.path.join(REPO, "tools", "caffe_build", "patches"), os.path.join(REPO, "layers", "proto")]
 if REPO not in sys.path:  # run as a script by CMake: the checkout's data_prep.outputs hashes files
     sys.path.insert(0, REPO)
-from data_prep.outputs import sha256_file  # noqa: E402 (standard library only)
+from data_prep.outputs import sha256_bytes, sha256_file  # noqa: E402 (standard library only)
 
 
 class SourceError(RuntimeError):
@@ -61,7 +61,7 @@ def tree_hash(files):
     """files: iterable of (relative path, bytes); order does not matter."""
     h = hashlib.sha256()
     for rel, data in sorted(files):
-        h.update(rel.encode() + b"\0" + hashlib.sha256(data).hexdigest().encode() + b"\n")
+        h.update(rel.encode() + b"\0" + sha256_bytes(data).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -93,8 +93,7 @@ def source_key(orig_id, debian_id):
     h.update(f"{VERSION}\n{orig_id}\n{debian_id}\n".encode())
     for p in patch_files():
         h.update(os.path.basename(p).encode() + b"\0")
-        with open(p, "rb") as f:
-            h.update(hashlib.sha256(f.read()).hexdigest().encode() + b"\n")
+        h.update(sha256_file(p).encode() + b"\n")
     return h.hexdigest()[:16]
 
 

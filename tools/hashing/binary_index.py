@@ -101,7 +101,7 @@ def exact_search(q_codes, db_codes, nbits, k, exclude_self=False, chunk=None):
     """The k nearest database items of each query, ``(distances int32 [nq, k], ids int64
     [nq, k])``, ranked by (Hamming distance, database index), i.e. ties broken by index.
 
-    Codes are bool bits or packed uint8 (`tools.codes.to_words`). With exclude_self the
+    Codes are bool bits or packed uint8 (`tools.hashing.codes.to_words`). With exclude_self the
     queries are the database and query i never returns item i. When fewer than k items
     remain, the row is padded with id -1 and distance INT32_MAX (as faiss does). Top k by
     partial selection (np.argpartition) of the unique keys distance * ndb + index, then a

@@ -439,7 +439,7 @@ def evaluate_codes(q_codes, q_labels, db_codes, db_labels, nbits, exclude_self=F
                    ks=DEFAULT_KS, radii=DEFAULT_RADII, chunk=None, threads=1):
     """Mean metrics of Hamming ranking with binary codes, as a flat dict of scalars.
 
-    Codes are bool bits [n, nbits] or packed uint8 (see `tools.codes.to_words`).
+    Codes are bool bits [n, nbits] or packed uint8 (see `tools.hashing.codes.to_words`).
     Keys: ``map_tie_aware``, ``map_index_order``, ``map_at_r_tie_aware``,
     ``map_at_r_index_order``; for each k in ks ``precision_at_{k}_*``, ``recall_at_{k}_*``,
     ``top{k}_*`` (hit rate) with both suffixes; for each radius r in radii

@@ -13,7 +13,6 @@ why. `disabled()` switches the kernels off temporarily (tests, benchmarks).
 """
 import contextlib
 import ctypes
-import hashlib
 import os
 import platform
 import shutil
@@ -25,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from data_prep.outputs import tmp_name
+from data_prep.outputs import replace_path, sha256_bytes, tmp_name
 
 ABI_VERSION = 3
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
@@ -114,10 +113,8 @@ def _load():
                              timeout=60).stdout.splitlines()[:1]
     with open(_SOURCE, "rb") as f:
         source = f.read()
-    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(),
-                                     "".join(version).encode(),
-                                     platform.machine().encode(), sys.platform.encode()])
-                         ).hexdigest()[:16]
+    key = sha256_bytes(b"\0".join([source, " ".join(_FLAGS).encode(), "".join(version).encode(),
+                                    platform.machine().encode(), sys.platform.encode()]))[:16]
     folder = _cache_dir()
     path = os.path.join(folder, f"tqn_native_{key}.so")
     if not os.path.exists(path):
@@ -129,7 +126,7 @@ def _load():
             if run.returncode != 0:
                 raise RuntimeError(f"{os.path.basename(cc)} failed: "
                                    f"{(run.stderr or run.stdout).strip()[-2000:]}")
-            os.replace(tmp, path)
+            replace_path(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -174,7 +171,7 @@ def hamming(q_words, db_words, out):
 def relevance_index(q_labels, db_labels):
     """The database grouped by label, for `scan`: ``(rel_idx, lo, hi)`` with the relevant
     items of query i (equal label) at rel_idx[lo[i]:hi[i]], rows in increasing order.
-    Labels: any arrays numpy can sort and compare (int32 codes from tools.metrics)."""
+    Labels: any arrays numpy can sort and compare (int32 codes from tools.hashing.metrics)."""
     order = np.argsort(db_labels, kind="stable")  # stable: increasing rows within a label
     ordered = np.asarray(db_labels)[order]
     lo = np.searchsorted(ordered, q_labels, side="left")

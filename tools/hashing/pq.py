@@ -24,7 +24,7 @@ to one key), and (key << 32 | database index) a unique uint64 key. Items with EX
 scores form a tie group: with PQ, database items with the same code always tie (their sums
 add the same table entries in the same order). Per query, one sort of the uint64 keys gives
 the ranking with ties broken by database index, and the tie groups are its runs of equal
-scores. Two orderings are reported, as in tools/metrics.py:
+scores. Two orderings are reported, as in tools/hashing/metrics.py:
 
 * tie-aware (primary): the expectation over uniformly random orders within tie groups: the
   closed forms of metrics.py (AP, MAP@R, P@k, R@k, hit@k) over the groups holding relevant
@@ -38,7 +38,7 @@ stable sort by (score, index), then a sort of those k.
 
 Everything loops over chunks of queries (default: about CHUNK_ELEMENTS scores, and as many
 table entries, per chunk), so memory stays bounded whatever the number of
-queries. `evaluate_adc` returns the keys of tools.metrics.evaluate_codes (without the Hamming
+queries. `evaluate_adc` returns the keys of tools.hashing.metrics.evaluate_codes (without the Hamming
 radius ones, which PQ codes do not have).
 """
 import sys
@@ -53,7 +53,7 @@ __all__ = ["METRICS", "code_dtype", "encode", "decode", "lookup_tables", "adc_sc
 
 METRICS = ("ip", "l2")
 # Default query-chunk size: about this many (query, database item) scores per chunk (and as
-# many lookup-table entries). Smaller than tools.metrics.CHUNK_ELEMENTS: the ranking makes
+# many lookup-table entries). Smaller than tools.hashing.metrics.CHUNK_ELEMENTS: the ranking makes
 # several passes over [chunk, ndb] arrays of 8-byte keys, which then stay in the caches
 # (10 queries x 50,000 items: 2.9 ms per query against 3.6 ms with 83 queries per chunk).
 CHUNK_ELEMENTS = 1 << 19
@@ -383,7 +383,7 @@ def evaluate_adc(q_feats, q_labels, db_codes, db_labels, codebooks, metric="ip",
                  exclude_self=False, ks=M.DEFAULT_KS, chunk=None):
     """Mean metrics of the ADC ranking of PQ codes for real-valued queries, a flat dict.
 
-    Keys as tools.metrics.evaluate_codes (without the Hamming-radius ones): ``map_tie_aware``,
+    Keys as tools.hashing.metrics.evaluate_codes (without the Hamming-radius ones): ``map_tie_aware``,
     ``map_index_order``, ``map_at_r_tie_aware``, ``map_at_r_index_order``; for each k in ks
     ``precision_at_{k}_*``, ``recall_at_{k}_*``, ``top{k}_*`` with both suffixes; and
     ``queries_without_relevant``, ``n_queries``, ``n_database`` (items ranked per query).

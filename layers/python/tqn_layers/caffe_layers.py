@@ -99,7 +99,7 @@ class TripletQuantizationLossLayer(caffe.Layer):
         if not q.HasField("alpha_d"):
             raise ValueError(f"Layer '{name}': triplet_quantization_loss_param.alpha_d is "
                              f"required: take it from the paper's Table I or from Eq. 16 "
-                             f"(tools/tqn_params.py)")
+                             f"(prototxt/tqn_params.py)")
         if not math.isfinite(q.threshold):
             raise ValueError(f"Layer '{name}': triplet_quantization_loss_param.threshold must be finite")
         for field in ("alpha_s", "alpha_d", "beta", "gamma"):

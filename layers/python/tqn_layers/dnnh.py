@@ -8,7 +8,7 @@ a sigmoid, then the piece-wise threshold function
     g(s) = 0 if s < center - epsilon;  1 if s > center + epsilon;  s otherwise
 
 (center 0.5; DNNH gives no value for epsilon, the default 0.1 is this project's choice).
-DNNH's binary codes are the g outputs thresholded at 0.5 (`tools.codes.binarize`).
+DNNH's binary codes are the g outputs thresholded at 0.5 (`tools.hashing.codes.binarize`).
 In Caffe the slice-wise part is stock layers (Reshape, Convolution with kernel_size 1,
 group = bits, num_output = bits, Sigmoid) followed by the PiecewiseThreshold layer, whose
 parameters (PiecewiseThresholdParameter) and checks these functions share.

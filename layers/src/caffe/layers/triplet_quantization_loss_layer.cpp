@@ -37,7 +37,7 @@ void TripletQuantizationLossLayer<Dtype>::LayerSetUp(
   const std::string& name = this->layer_param_.name();
   CHECK(param.has_alpha_d()) << "Layer '" << name
       << "': triplet_quantization_loss_param.alpha_d is required: take it"
-      << " from the paper's Table I or from Eq. 16 (tools/tqn_params.py)";
+      << " from the paper's Table I or from Eq. 16 (prototxt/tqn_params.py)";
   CHECK(std::isfinite(param.threshold())) << "Layer '" << name
       << "': triplet_quantization_loss_param.threshold must be finite";
   CheckParameter(name, "alpha_s", param.alpha_s(), false);
