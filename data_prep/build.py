@@ -48,7 +48,7 @@ import numpy as np
 from . import readers
 from .outputs import (OutputLock, atomic_symlink, differences, incomplete_reasons, load_marker,
                       mark_complete, remove_stale_temporaries)
-from .errors import DataPrepError
+from .errors import DataPrepError, run_cli
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SINGLETON_POLICIES, make_split, save_split
 from .triplets import check_triplets, generate_triplets, write_shuffled, write_triplets
 
@@ -236,6 +236,7 @@ def build(spec):
     t0 = time.monotonic()
     params = parameters(spec)
     out = os.path.abspath(spec.out)
+    created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     marker = os.path.join(out, 'dataset.json')
     with OutputLock(out):
@@ -254,7 +255,14 @@ def build(spec):
             os.unlink(marker)
         for p in remove_stale_temporaries(out):
             _say(spec.quiet, f'  removed leftover {p}')
-        outputs, manifest = _build(spec, params, out)
+        try:
+            outputs, manifest = _build(spec, params, out)
+        except BaseException:  # a failure or Ctrl-C: no half-made data set is left behind
+            removed = _remove_partial_outputs(out, created)
+            if removed:
+                print(f'data_prep: the build failed; removed its partial outputs ({", ".join(removed)})',
+                      file=sys.stderr)
+            raise
         manifest['elapsed_seconds'] = round(time.monotonic() - t0, 2)
         manifest = mark_complete(marker, params, outputs, **manifest)
     print(summary(out, manifest))
@@ -351,6 +359,29 @@ def _build(spec, params, out):
     }
 
 
+PARTIAL_OUTPUTS = ('splits', 'lmdb', 'mean.json', 'mean.binaryproto', 'triplets.txt', 'triplets.json',
+                   'shuffled.txt', 'shuffled.json')
+
+
+def _remove_partial_outputs(out, created):
+    """Removes what a failed build wrote into `out` (its own output names only; `out` too when the
+    build created it and nothing else is in it); returns the names removed."""
+    removed = []
+    for name in PARTIAL_OUTPUTS:
+        p = os.path.join(out, name)
+        if os.path.islink(p) or os.path.isfile(p):
+            os.unlink(p)
+        elif os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            continue
+        removed.append(name)
+    removed += [os.path.relpath(p, out) for p in remove_stale_temporaries(out)]
+    if created and set(os.listdir(out)) <= {'.data_prep.lock'}:
+        shutil.rmtree(out, ignore_errors=True)
+    return removed
+
+
 def _remove_outputs_of_other_builds(out, protocol, made_lmdbs, mean_info):
     """Removes data_prep outputs a previous build with other parameters left (other protocols, LMDBs)."""
     splits = os.path.join(out, 'splits')
@@ -409,12 +440,7 @@ def summary(out, m):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
-        build(BuildSpec(**vars(args)))
-    except DataPrepError as e:
-        print(f'data_prep: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return run_cli('data_prep', lambda: build(BuildSpec(**vars(args))))
 
 
 if __name__ == '__main__':

@@ -27,6 +27,7 @@ class Dataset:
     paths: list = None                # absolute image paths, or None
     channels: int = 3
     notes: list = field(default_factory=list)
+    origins: list = None              # where each item was listed ("list.txt: line 7"), or None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -54,24 +55,44 @@ class Dataset:
             return self.images[i]
         if self.paths is None:
             raise DataPrepError(f'{self.source}: this dataset has no pixels (splits only)')
-        return read_image(self.paths[i], self.channels)
+        return read_image(self.paths[i], self.channels,
+                          None if self.origins is None else self.origins[i])
 
     def image_path(self, i):
         return None if self.paths is None else self.paths[i]
 
 
-def read_image(path, channels=3):
-    """Reads an image file as uint8 [H, W, C] (RGB for C=3); DataPrepError naming the file if unreadable."""
+def read_image(path, channels=3, origin=None):
+    """Reads an image file as uint8 [H, W, C] (RGB for C=3); DataPrepError naming the file (and
+    `origin`, where it was listed, e.g. "list.txt: line 7") if unreadable."""
     import cv2
+    listed = f' (listed at {origin})' if origin else ''
     if not os.path.isfile(path):
-        raise DataPrepError(f'{path}: image file is missing; check --root / the list file, or build with '
-                            '--splits-only when the images are not available')
+        raise DataPrepError(f'{path}{listed}: image file is missing; check --root / the list file, or build '
+                            'with --splits-only when the images are not available')
     img = cv2.imread(path, cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:
-        raise DataPrepError(f'{path}: cannot decode this image (corrupt or not an image); replace or remove it')
+        raise DataPrepError(f'{path}{listed}: cannot decode this image (corrupt, empty or not an image); '
+                            'replace it, or remove it' + (' and its line' if origin else ''))
     if channels == 3:
         return img[:, :, ::-1]
     return img[:, :, None]
+
+
+def path_under(root, name, where):
+    """`root`/`name` for a path read from a list file or archive, refused (a DataPrepError naming
+    `where`, e.g. "list.txt: line 7") when it would leave `root`: `..` components, an absolute path
+    outside `root`, or a symbolic link below `root` that points out of it."""
+    root = os.path.realpath(root)
+    path = os.path.normpath(os.path.join(root, name))
+    inside = os.path.commonpath([root, path]) == root
+    if inside and os.path.lexists(path):
+        inside = os.path.commonpath([root, os.path.realpath(path)]) == root
+    if not inside:
+        raise DataPrepError(f'{where}: {name!r} leaves the data root {root}; paths in a list must stay '
+                            'below the root (no "..", no absolute path or link pointing elsewhere): fix the '
+                            'list, or pass the folder holding the images with --root')
+    return path
 
 
 def check_ids(ids, source):

@@ -11,7 +11,7 @@ import collections
 import sys
 
 from .datum import parse_datum
-from .errors import DataPrepError
+from .errors import DataPrepError, run_cli
 from .lmdb_io import KEY_FORMAT, iter_records
 
 
@@ -33,7 +33,11 @@ def inspect(path, limit=None):
         count += 1
         if limit is not None and count > limit:
             continue
-        d = parse_datum(v)
+        try:
+            d = parse_datum(v)
+        except Exception as e:  # google.protobuf.message.DecodeError
+            raise DataPrepError(f'{path}: record {k.decode(errors="replace")!r} is not a Datum ({e}); the LMDB '
+                                'is damaged: rerun data_prep.build with the same options') from None
         if d.encoded:
             kinds['encoded ' + _format_of(d.data)] += 1
             shapes[(d.channels, d.height, d.width) if d.height else 'n/a'] += 1
@@ -48,7 +52,9 @@ def inspect(path, limit=None):
 def report(path, info, max_labels=20):
     lines = [f'{path}', f'  records: {info["count"]:,}' +
              ('' if info['inspected'] == info['count'] else f' (first {info["inspected"]:,} inspected)'),
-             '  keys: ' + ('%08d row keys 00000000..' + f'{info["count"] - 1:08d}' if info['contiguous_keys']
+             '  keys: ' + ('none: the LMDB is empty (an interrupted or failed build? rerun data_prep.build)'
+                            if info['count'] == 0 else
+                            '%08d row keys 00000000..' + f'{info["count"] - 1:08d}' if info['contiguous_keys']
                             else 'not the contiguous %08d row keys')]
     for kind, n in sorted(info['kinds'].items()):
         lines.append(f'  {kind}: {n:,}')
@@ -75,13 +81,8 @@ def main(argv=None):
     p.add_argument('--limit', type=int, help='parse only the first N records (the count is always complete)')
     p.add_argument('--labels', type=int, default=20, help='show all labels up to this many distinct ones')
     args = p.parse_args(argv)
-    try:
-        for path in args.lmdb:
-            print(report(path, inspect(path, args.limit), args.labels))
-    except DataPrepError as e:
-        print(f'inspect_lmdb: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return run_cli('inspect_lmdb', lambda: [print(report(path, inspect(path, args.limit), args.labels))
+                                            for path in args.lmdb])
 
 
 if __name__ == '__main__':

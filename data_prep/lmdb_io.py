@@ -258,27 +258,41 @@ def write_stock_triplet_lmdb(path, train_lmdb, triplets, per_epoch, batch_size, 
 
 # ---------------------------------------------------------------- readers
 
+def _damaged(path, e):
+    return DataPrepError(f'{path}: the LMDB is damaged ({e}); rebuild it: rerun data_prep.build with the '
+                         'same options (its completion check sees the damage and rebuilds)')
+
+
 def open_lmdb(path):
     import lmdb
     if not os.path.isfile(os.path.join(path, 'data.mdb')):
         raise DataPrepError(f'{path}: not an LMDB folder (no data.mdb)')
-    return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+    try:
+        return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+    except lmdb.Error as e:
+        raise _damaged(path, e) from None
 
 
 def lmdb_count(path):
+    import lmdb
     env = open_lmdb(path)
     try:
         return env.stat()['entries']
+    except lmdb.Error as e:
+        raise _damaged(path, e) from None
     finally:
         env.close()
 
 
 def iter_records(path):
-    """Yields (key bytes, value bytes) in key order."""
+    """Yields (key bytes, value bytes) in key order; a damaged file is a DataPrepError naming it."""
+    import lmdb
     env = open_lmdb(path)
     try:
         with env.begin() as txn:
             yield from txn.cursor()
+    except lmdb.Error as e:
+        raise _damaged(path, e) from None
     finally:
         env.close()
 

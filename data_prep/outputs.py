@@ -58,6 +58,10 @@ def atomic_file(path, mode='w'):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # write() and fsync() name no file: name the output
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
     finally:
         if os.path.lexists(tmp):
             _remove(tmp)

@@ -131,6 +131,18 @@ def backbone(name, bottom="data"):
     raise KeyError(f"unknown backbone {name!r}")
 
 
+def backbone_parameter_layers(name):
+    """Names of the backbone's layers with weights (what a --weights file must provide: for
+    AlexNet conv1 ... fc7), in net order."""
+    import re
+    names = []
+    for text in backbone(name):
+        m = re.search(r'name: "([^"]+)"\s+type: "(Convolution|InnerProduct)"', text)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
 def hash_layers(bits, method="tqn", method_overrides=None):
     """The method's layers from "features" to "hash", the blob its loss sees and codes come from:
     tqn: fc + sigmoid (PAPER); dsh: a linear fc (codes = sign); dnnh: fc + ReLU to slice_width x

@@ -83,9 +83,10 @@ def queries_of(a, meta):
     if q_blobs.bits != nbits or q_blobs.is_pq != adc:
         raise PipelineError(f"{source}: {q_blobs.bits}-bit {'PQ' if q_blobs.is_pq else 'binary'} "
                             f"codes; the index holds {nbits}-bit {'PQ' if adc else 'binary'} codes")
+    bad = [r for r in (a.rows or ()) if not 0 <= r < len(q_codes)]
+    if bad:
+        raise PipelineError(f"--rows {bad[0]}: {source}/{name} has rows 0..{len(q_codes) - 1}")
     rows = np.asarray(a.rows if a.rows else range(len(q_codes)), dtype=np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= len(q_codes)):
-        raise PipelineError(f"rows must be in 0..{len(q_codes) - 1}")
     same_set = (meta.get("database_is_query") and os.path.abspath(source) == meta.get("blobs")
                 and name in ("query", meta.get("set")))
     return ((q_features if adc else q_codes)[rows], [f"{name} row {r}" for r in rows], q_labels[rows],
@@ -93,6 +94,8 @@ def queries_of(a, meta):
 
 
 def cmd_query(a):
+    if a.k < 1:
+        raise PipelineError(f"-k {a.k}: the number of neighbours to return must be at least 1")
     index, meta, db_codes, db_labels = BI.load_index(a.index, with_faiss=not a.exact)
     nbits = meta["bits"]
     adc = meta.get("kind") == "adc"

@@ -4,14 +4,15 @@ Folder: classes are the subfolder names in sorted order (label 0, 1, ...); image
 image extension anywhere below each class folder; ids are their paths relative to the root ('/'-separated).
 List file: one `path label` line per image (label a non-negative integer, kept as given; the path may
 contain spaces; blank lines and lines starting with '#' are skipped); relative paths are taken from `root`
-or else from the list file's folder; ids are the paths as written. Images are decoded (as 3-channel colour)
+or else from the list file's folder, and no path may leave that folder (`..`, absolute paths or links
+elsewhere are refused, naming the line); ids are the paths as written. Images are decoded (as 3-channel colour)
 only when LMDBs are written; an unreadable one is then a DataPrepError naming the file.
 """
 import os
 
 import numpy as np
 
-from ..dataset import IMAGE_EXTENSIONS, Dataset
+from ..dataset import IMAGE_EXTENSIONS, Dataset, path_under
 from ..errors import DataPrepError
 
 
@@ -47,7 +48,7 @@ def read_image_list(list_file, root=None, channels=3):
     except (OSError, UnicodeDecodeError) as e:
         raise DataPrepError(f'{list_file}: cannot read the list file ({e})') from None
     base = os.path.abspath(root if root else os.path.dirname(os.path.abspath(list_file)))
-    ids, labels, paths = [], [], []
+    ids, labels, paths, origins = [], [], [], []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith('#'):
             continue
@@ -62,15 +63,17 @@ def read_image_list(list_file, root=None, channels=3):
         if label < 0:
             raise DataPrepError(f'{list_file}: line {lineno}: unknown label {lab!r}: labels must be '
                                 'non-negative integers')
-        p = rel if os.path.isabs(rel) else os.path.join(base, rel)
+        p = path_under(base, rel, f'{list_file}: line {lineno}')
         if not os.path.isfile(p):
             raise DataPrepError(f'{list_file}: line {lineno}: image {p} does not exist; fix the path or '
                                 'pass the folder the paths are relative to with --root')
         ids.append(rel)
         labels.append(label)
         paths.append(p)
+        origins.append(f'{list_file}: line {lineno}')
     if not ids:
         raise DataPrepError(f'{list_file}: no images listed; expected "path label" lines')
     n_classes = max(labels) + 1
     return Dataset(name='images', source=os.path.abspath(list_file), ids=ids, labels=np.array(labels),
-                   class_names=[str(i) for i in range(n_classes)], paths=paths, channels=channels)
+                   class_names=[str(i) for i in range(n_classes)], paths=paths, channels=channels,
+                   origins=origins)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..dataset import Dataset
+from ..dataset import Dataset, path_under
 from ..errors import DataPrepError
 
 STATUSES = ('train', 'query', 'gallery')
@@ -27,7 +27,8 @@ def find_partition_file(root):
 
 
 def parse_partition(path):
-    """-> (image_names, item_ids, statuses) as lists, validated."""
+    """-> (image_names, item_ids, statuses) as lists, validated (an image name may not leave the
+    image folder: no `..`, no absolute path)."""
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
@@ -53,6 +54,10 @@ def parse_partition(path):
         if status not in STATUSES:
             raise DataPrepError(f'{path}: line {lineno}: unknown evaluation_status {status!r} (expected train, '
                                 'query or gallery); fix or re-download the file')
+        if name.startswith('/') or '..' in name.replace('\\', '/').split('/'):
+            raise DataPrepError(f'{path}: line {lineno}: image name {name!r} leaves the image folder (an absolute '
+                                'path or a ".." component); In-shop names are img/<...>/<item>/<file>.jpg: fix '
+                                'or re-download the file')
         if f'/{item}/' not in f'/{name}':
             raise DataPrepError(f'{path}: line {lineno}: image {name} is not in the folder of its item {item}')
         names.append(name)
@@ -75,7 +80,7 @@ def read_inshop(root):
         img_root = os.path.join(os.path.abspath(root), 'Img')
     else:  # root is <In-shop>/Eval/list_eval_partition.txt
         img_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(part))), 'Img')
-    paths = [os.path.join(img_root, n) for n in names]
+    paths = [path_under(img_root, n, f'{part}: line {i + 3}') for i, n in enumerate(names)]
     return Dataset(name='inshop', source=part, ids=names, labels=labels, class_names=item_ids,
                    partition=np.array(statuses), paths=paths, channels=3,
                    notes=[f'images expected under {img_root}'])

@@ -184,6 +184,9 @@ def search(index, q_codes, nbits, k, nflip=None):
     faiss = _faiss()
     index = faiss.downcast_IndexBinary(index)
     if nflip is not None and hasattr(index, "nflip"):
+        if not 0 <= int(nflip) <= index.b:  # faiss never returns for nflip > b (or < 0)
+            raise RetrievalError(f"--nflip {nflip}: a hash index of {index.b}-bit keys flips 0 to "
+                                 f"{index.b} bits")
         index.nflip = int(nflip)
     codes = to_faiss_codes(np.asarray(q_codes), nbits)
     if codes.shape[1] * 8 != index.d:
@@ -226,16 +229,30 @@ def load_index(folder, with_faiss=True):
     if not os.path.exists(path):
         raise RetrievalError(f"{folder}: no {META_FILE}; build it with python -m tools.retrieval "
                              f"build")
-    with open(path) as f:
-        meta = json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise RetrievalError(f"{path} is not a readable index record ({e}); build the index again") from None
     if meta.get("format") != FORMAT_VERSION:
         raise RetrievalError(f"{folder}: index format {meta.get('format')}, expected "
                              f"{FORMAT_VERSION}; build it again")
-    codes = np.load(os.path.join(folder, "codes.npy"), allow_pickle=False)
-    labels = np.load(os.path.join(folder, "labels.npy"), allow_pickle=False)
+    arrays = {}
+    for name in ("codes", "labels") + (("codebooks",) if meta.get("kind") == "adc" else ()):
+        p = os.path.join(folder, f"{name}.npy")
+        try:
+            arrays[name] = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise RetrievalError(f"{p} is missing or unreadable ({e}); build the index again") from None
+    codes, labels = arrays["codes"], arrays["labels"]
+    if len(labels) == 0 or len(codes) != len(labels):
+        raise RetrievalError(f"{folder}: the index holds {len(codes)} codes and {len(labels)} labels; "
+                             f"an index needs a non-empty database: build it again from a non-empty set")
     index = None
     if meta.get("kind") == "adc":
-        meta["codebooks"] = np.load(os.path.join(folder, "codebooks.npy"), allow_pickle=False)
+        meta["codebooks"] = arrays["codebooks"]
     elif with_faiss:
         index = _faiss().read_index_binary(os.path.join(folder, INDEX_FILE))
         if index.ntotal != len(labels):

@@ -6,9 +6,11 @@ run and goes to the log file only; the console gets the progress lines.
 """
 import os
 import re
+import signal
 import subprocess
 import time
 
+from data_prep.errors import Interrupted
 from tools.pipeline.errors import PipelineError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,7 +42,7 @@ ITERATION = re.compile(r"\] Iteration (\d+).*loss = (\S+)")
 def run_caffe(cmd, log_path, iters, label, quiet=False):
     """Runs a `caffe train` command, appending its log to `log_path` and printing progress
     every 10 % of `iters`; returns the wall seconds. A failure is a CaffeError quoting the
-    log's last lines."""
+    log's last lines; Ctrl-C lets caffe snapshot and stop, then raises data_prep's Interrupted."""
     env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")  # the log is a product
     next_report = 0.1
     start = time.monotonic()
@@ -48,14 +50,25 @@ def run_caffe(cmd, log_path, iters, label, quiet=False):
         log.write(f"# {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
-        for line in proc.stdout:
-            log.write(line)
-            m = ITERATION.search(line)
-            if m and not quiet and int(m.group(1)) >= next_report * iters:
-                print(f"  {label}: iteration {m.group(1)}/{iters}, loss {m.group(2)}, "
-                      f"{time.monotonic() - start:.0f} s", flush=True)
-                while next_report * iters <= int(m.group(1)):
-                    next_report += 0.1
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                m = ITERATION.search(line)
+                if m and not quiet and int(m.group(1)) >= next_report * iters:
+                    print(f"  {label}: iteration {m.group(1)}/{iters}, loss {m.group(2)}, "
+                          f"{time.monotonic() - start:.0f} s", flush=True)
+                    while next_report * iters <= int(m.group(1)):
+                        next_report += 0.1
+        except KeyboardInterrupt:
+            # Ctrl-C in a terminal reaches caffe too (one process group); when only this process
+            # got it, pass it on. `caffe train` (-sigint_effect=stop) then snapshots the current
+            # iteration and exits: wait for that, keeping its log.
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            print(f"\n  {label}: Ctrl-C: waiting for caffe to snapshot and stop ...", flush=True)
+            log.write(proc.stdout.read())
+            proc.wait()
+            raise Interrupted(f"{label} stopped by Ctrl-C") from None
         code = proc.wait()
     if code != 0:
         with open(log_path) as f:

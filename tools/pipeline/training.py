@@ -15,7 +15,12 @@ prototxt/description.py through prototxt.generate), Caffe's log (logs/step<k>.lo
 and params.json: every seed and parameter (the plan), and the completion marker of the steps
 done (data_prep.outputs: the final model of each finished step with its sha256). A rerun skips
 finished steps (a damaged final model is trained again) and resumes an interrupted one from its
-latest .solverstate (the triplet position is restored with it).
+latest sound .solverstate (the triplet position is restored with it; a damaged snapshot is set
+aside, said, for the previous one). A step is marked done only when its final model exists and
+parses. Ctrl-C (or SIGINT to caffe) lets caffe snapshot the current iteration and stop; the
+command says so and exits with 130, and the same command resumes from that snapshot. Initial
+`weights` are checked before step 1: every parametric layer of the backbone (AlexNet: conv1 ...
+fc7) must be in the file with the net's shapes.
 """
 import argparse
 import dataclasses
@@ -31,6 +36,8 @@ from data_prep.outputs import (changed_keys, damaged_outputs, load_marker, mark_
 from prototxt import description as D
 from prototxt import generate as G
 from tools.pipeline.caffe import caffe_binary, git_commit, run_caffe
+from data_prep.errors import Interrupted
+from tools.pipeline import snapshots as S
 from tools.pipeline.errors import PipelineError
 
 
@@ -100,14 +107,34 @@ def final_model(run, step, iters):
     return os.path.join(run, f"step{step}_iter_{iters}.caffemodel")
 
 
-def latest_state(run, step, iters):
-    """(iteration, path) of the newest step<k>_iter_<i>.solverstate with i < iters, or None."""
-    best = None
+def snapshot_states(run, step, iters):
+    """[(iteration, path)] of the step's step<k>_iter_<i>.solverstate files with i < iters,
+    newest first."""
+    found = []
     for path in glob.glob(os.path.join(run, f"step{step}_iter_*.solverstate")):
         m = re.search(r"_iter_(\d+)\.solverstate$", path)
-        if m and int(m.group(1)) < iters and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), path)
-    return best
+        if m and int(m.group(1)) < iters:
+            found.append((int(m.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def latest_state(run, step, iters, say=print):
+    """(iteration, path) of the newest snapshot of the step that can be resumed from
+    (tools/pipeline/snapshots.py checks it), or None. A damaged one (a snapshot cut short by a
+    full disk or a kill) is renamed to <name>.damaged, with its model, and said, and the previous
+    one is tried."""
+    for iteration, path in snapshot_states(run, step, iters):
+        problem = S.state_problem(path, iteration)
+        if problem is None:
+            return iteration, path
+        moved = []
+        for p in (path, path[: -len(".solverstate")] + ".caffemodel"):
+            if os.path.exists(p):
+                os.replace(p, p + ".damaged")
+                moved.append(os.path.basename(p) + ".damaged")
+        say(f"step {step}: the snapshot of iteration {iteration} cannot be resumed from ({problem}); "
+            f"set aside as {', '.join(moved)}; trying the previous one")
+    return None
 
 
 def plan(spec, manifest):
@@ -215,9 +242,11 @@ def train(spec):
                              f"train step 1 first (--steps 1 2)")
         state = latest_state(run, step, iters)
         resumed = state[0] if state else 0
+        if step == 1 and p["weights"] and not state:
+            check_weights(spec, p, manifest)
         first = p["first_triplet"][step - 1] + resumed * p["batch_triplets"]
         solver_path = step_files(run, p, step, first)
-        cmd = [caffe, "train", f"-solver={solver_path}"]  # Ctrl-C: snapshot, then stop
+        cmd = [caffe, "train", f"-solver={solver_path}", "-sigint_effect=stop"]  # snapshot, stop
         if spec.gpu:
             cmd.append(f"-gpu={spec.gpu}")  # overrides the solvers' solver_mode: CPU
         if state:
@@ -226,14 +255,45 @@ def train(spec):
         what = D.STEPS[step]["loss"] if spec.method == "tqn" else spec.method.upper()
         print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
-        seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
-                            f"step {step}", spec.quiet)
+        try:
+            seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
+                                f"step {step}", spec.quiet)
+        except Interrupted:
+            raise Interrupted(stopped_message(run, step, iters)) from None
+        problem = S.model_problem(model) if os.path.exists(model) else "missing"
+        if problem:  # e.g. SIGINT to caffe alone: it snapshots, stops and exits 0
+            raise Interrupted(stopped_message(run, step, iters, problem)) from None
         steps_record[str(step)] = dict(seconds=round(seconds, 1), resumed_from=resumed,
                                        model=os.path.basename(model))
         record = _mark(params_path, p, steps_record)
     if record is None or record.get("steps") != steps_record:
         record = _mark(params_path, p, steps_record)
     return record
+
+
+def stopped_message(run, step, iters, problem=None):
+    """What an interrupted step kept, and how to go on."""
+    state = latest_state(run, step, iters, say=lambda _: None)
+    kept = (f"its snapshot of iteration {state[0]} ({os.path.relpath(state[1])}) is kept"
+            if state else "no snapshot was written yet")
+    why = f" (the final model {os.path.basename(final_model(run, step, iters))} is {problem})" \
+        if problem and problem != "missing" else ""
+    return (f"step {step} stopped before iteration {iters}{why}; {kept}: run the same command again "
+            f"to resume; step {step} is not marked done")
+
+
+def check_weights(spec, p, manifest):
+    """Before step 1 starts from `--weights`: every parametric layer of the backbone must be in
+    the file with the net's blob shapes (tools/pipeline/snapshots.py)."""
+    cfg = D.config(spec.dataset, spec.scale)
+    names = G.backbone_parameter_layers(cfg["backbone"])
+    mean = os.path.join(p["data"], "mean.binaryproto")
+    net = G.extract_net(spec.dataset, spec.scale, spec.bits, os.path.join(p["data"], "lmdb", "train"), 1,
+                        mean if os.path.exists(mean) else None, spec.method)
+    expected = S.backbone_shapes(net, names, os.path.abspath(spec.out))
+    S.check_initial_weights(p["weights"], expected)
+    print(f"step 1: --weights {os.path.relpath(p['weights'])} holds the backbone's "
+          f"{', '.join(expected)} with the net's shapes")
 
 
 def _mark(params_path, p, steps_record):
