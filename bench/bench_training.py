@@ -51,9 +51,6 @@ NOOP = ('layer {{ name: "loss" type: "Python" bottom: "hash_a_fill" bottom: "has
 
 
 def loss_only_net(kind, implementation, bs=32, bits=48):
-    inputs = "\n".join(
-        f'layer {{ name: "{b}" type: "Input" top: "{b}" input_param {{ shape {{ dim: {bs} dim: {bits} }} }} }}'
-        for b in ("hash_a", "hash_p", "hash_n"))
     params = {"TripletLoss": dict(margin=1.6),
               "TripletQuantizationLoss": dict(alpha_d=7.62, alpha_s=0.16, delta=0.64, beta=8.0, gamma=1.0)}
     # Input blobs hold uniform values in [0, 1) so both hinges are partly active.
@@ -84,7 +81,7 @@ def main(argv=None):
                   command="python bench/bench_training.py " + " ".join(argv or sys.argv[1:]),
                   config=dict(data=data, iterations=args.iterations, bits=args.bits,
                               batch_triplets=32), sections={}, goals=[])
-    md = [f"## Training: loss layers and data layer against a CPU training iteration",
+    md = ["## Training: loss layers and data layer against a CPU training iteration",
           "", f"Machine: {common.machine_line(result['machine'])}.", "",
           f"Command: `{result['command']}` (`caffe time`, {args.iterations} iterations, "
           f"CIFAR-10 CPU-scale net, 32 triplets = 96 images a batch, {args.bits} bits).", ""]
