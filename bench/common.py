@@ -20,6 +20,8 @@ import resource
 import subprocess
 import sys
 
+from data_prep.outputs import write_json, write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 SCHEMA = 1

@@ -10,8 +10,8 @@
 #  2. makes the Python virtual environment at a stable path, $TQN_CACHE/venv (numpy's include
 #     path is in every compile line: a moving venv would force full rebuilds), from
 #     tools/requirements.txt;
-#  3. for --cuda-check, installs cuBLAS/cuRAND headers and libraries from PyPI's nvidia wheels into
-#     $TQN_CACHE/cuda-deps (the CUDA folder here lacks them);
+#  3. for --cuda-check, installs cuBLAS/cuRAND/NCCL headers and libraries from PyPI's nvidia wheels
+#     into $TQN_CACHE/cuda-deps (the CUDA folder here lacks them; NCCL gives `caffe train -gpu all`);
 #  4. runs cmake + ninja; the Caffe build lives in $TQN_CACHE (default ~/.cache/tqn-caffe), keyed by
 #     source, patches, options and toolchain, under a lock;
 #  5. writes .build/caffe-<variant>.env in this checkout: where the source, the build and the
@@ -66,22 +66,22 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.tqn-stamp" 2>/dev/null)" != "
   echo "$stamp_want" > "$VENV/.tqn-stamp"
 fi
 
-# ---[ 3. cuBLAS / cuRAND for the CUDA check
+# ---[ 3. cuBLAS / cuRAND / NCCL for the CUDA check
 CMAKE_ARGS=(-DTQN_PYTHON="$VENV/bin/python" -DTQN_CACHE_DIR="$CACHE")
 if [ -n "$SOURCE" ]; then CMAKE_ARGS+=(-DCAFFE_SOURCE="$SOURCE"); fi
 if [ "$VARIANT" = cuda ]; then
   command -v nvcc >/dev/null || { say "nvcc not found: the CUDA check needs the CUDA toolkit's compiler"; exit 1; }
   DEPS="$CACHE/cuda-deps"
-  CUDA_REQ="nvidia-cublas>=13,<14 nvidia-curand>=10.4,<11"
+  CUDA_REQ="nvidia-cublas>=13,<14 nvidia-curand>=10.4,<11 nvidia-nccl-cu13>=2.28,<3"
   if [ "$(cat "$DEPS/.tqn-stamp" 2>/dev/null)" != "$CUDA_REQ" ]; then
-    say "installing cuBLAS and cuRAND (PyPI nvidia wheels for CUDA 13) into $DEPS"
+    say "installing cuBLAS, cuRAND and NCCL (PyPI nvidia wheels for CUDA 13) into $DEPS"
     rm -rf "$DEPS.tmp"
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$DEPS.tmp" $CUDA_REQ >&2
     rm -rf "$DEPS" && mv "$DEPS.tmp" "$DEPS"
     echo "$CUDA_REQ" > "$DEPS/.tqn-stamp"
   fi
-  CMAKE_ARGS+=(-DTQN_CUDA=ON -DTQN_CUDA_EXTRA_ROOTS="$DEPS/nvidia/cu13")
+  CMAKE_ARGS+=(-DTQN_CUDA=ON -DTQN_CUDA_EXTRA_ROOTS="$DEPS/nvidia/cu13;$DEPS/nvidia/nccl")
 fi
 
 # ---[ 4. cmake + ninja (the superbuild folder is per checkout; Caffe's build is shared by key)
