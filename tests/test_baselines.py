@@ -6,6 +6,8 @@
 * LSH: for centred vectors at angle theta a bit differs with probability theta / pi.
 * SDH: on digits (bundled with scikit-learn) its codes must rank far better than LSH's;
   DCC checked against brute force on a small problem.
+* KSH: its objective against the direct ||B B^T - r S0||^2, its bit against brute force over all
+  codes of a small separable case, its smoothed gradient against finite differences; digits vs LSH.
 """
 import itertools
 import json
@@ -21,7 +23,7 @@ from tools.pipeline import evaluation as E
 from tools.hashing.codes import pack_bits
 from tools.hashing.metrics import evaluate_codes
 
-METHODS = ("lsh", "itq", "sdh")
+METHODS = ("lsh", "itq", "sdh", "ksh")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,8 @@ def test_shapes_and_packing(blobs, method, nbits):
 @pytest.mark.parametrize("method", METHODS)
 def test_deterministic_for_a_seed(blobs, method):
     x, y = blobs
-    codes = [B.make_hasher(method, 16, seed=s).fit(x, y).encode(x) for s in (3, 3, 4)]
+    kw = {"n_anchors": 100} if method == "ksh" else {}  # (all 300 items would be KSH's anchors)
+    codes = [B.make_hasher(method, 16, seed=s, **kw).fit(x, y).encode(x) for s in (3, 3, 4)]
     np.testing.assert_array_equal(codes[0], codes[1])
     assert not np.array_equal(codes[0], codes[2])
 
@@ -335,3 +338,95 @@ def test_raw_pixel_features():
     np.testing.assert_allclose(B.raw_pixel_features(images.astype(float), 230).max(), 1.0)
     with pytest.raises(ValueError, match="max_value"):
         B.raw_pixel_features(images.astype(float))
+
+
+# ---------------------------------------------------------------------------------------
+# KSH
+# ---------------------------------------------------------------------------------------
+
+
+def test_ksh_residuals_are_the_direct_objective(blobs):
+    x, y = blobs
+    ksh = B.KSH(6, seed=1, n_anchors=40, n_labeled=120).fit(x, y)
+    info = ksh.fit_info
+    rows = np.asarray(info["labeled_rows"])
+    codes = np.where(ksh.encode(x[rows]), 1.0, -1.0)
+    s0 = np.where(y[rows][:, None] == y[rows][None, :], 1.0, -1.0)
+    # direct: sum over pairs of (b_i . b_j - r s_ij)^2 with explicit loops over a few rows too
+    direct = sum((codes[i] @ codes[j] - 6 * s0[i, j]) ** 2 for i in range(len(rows)) for j in range(len(rows)))
+    assert info["objective"] == pytest.approx(direct)
+    assert info["losses"][-1] == pytest.approx(direct)      # ||S_r||^2 after the last bit
+    start = float(np.sum((6 * s0) ** 2))
+    assert info["losses"][0] < start                          # every bit lowers the residual here
+    assert all(b <= a + 1e-9 for a, b in zip(info["losses"], info["losses"][1:]))
+    for costs in info["smooth_costs"]:                        # descent never raises the smooth cost
+        assert all(b <= a for a, b in zip(costs, costs[1:]))
+
+
+def test_ksh_bit_matches_brute_force_on_a_separable_case():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.3, (6, 2)) + [3, 0], rng.normal(0, 0.3, (6, 2)) - [3, 0]])
+    y = np.array([0] * 6 + [1] * 6)
+    s0 = np.where(y[:, None] == y[None, :], 1.0, -1.0)
+    best = max(np.array(c) @ s0 @ np.array(c) for c in itertools.product([-1.0, 1.0], repeat=len(y)))
+    ksh = B.KSH(1, seed=0, n_anchors=12, n_labeled=12).fit(x, y)
+    code = np.where(ksh.encode(x)[:, 0], 1.0, -1.0)
+    assert code @ s0 @ code == best == len(y) ** 2
+    assert ksh.fit_info["objective"] == pytest.approx(ksh_objective_brute(code[:, None], s0))
+
+
+def ksh_objective_brute(codes, s0):
+    r = codes.shape[1]
+    return sum((sum(codes[i, k] * codes[j, k] for k in range(r)) - r * s0[i, j]) ** 2
+               for i in range(len(codes)) for j in range(len(codes)))
+
+
+def test_ksh_smooth_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    kk = rng.normal(size=(15, 4))
+    lab = rng.integers(0, 3, 15)
+    s = 2 * np.where(lab[:, None] == lab[None, :], 1.0, -1.0)
+    a = rng.normal(size=4)
+    cost, grad = B.ksh_smooth_cost(a, kk, s)
+    phi = 2 / (1 + np.exp(-(kk @ a))) - 1            # the paper's sigmoid form
+    assert cost == pytest.approx(-(phi @ s @ phi))
+    h = 1e-6
+    numeric = [(B.ksh_smooth_cost(a + h * e, kk, s)[0] - B.ksh_smooth_cost(a - h * e, kk, s)[0]) / (2 * h)
+               for e in np.eye(4)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+    a2, costs = B.ksh_optimize_bit(kk, s, a, 200)
+    assert costs[-1] < costs[0] and B.ksh_smooth_cost(a2, kk, s)[0] == pytest.approx(costs[-1])
+
+
+def test_ksh_retrieves_digits_far_better_than_lsh(digits_split):
+    xdb, ydb, xq, yq = digits_split
+    maps = {}
+    for method in ("lsh", "ksh"):
+        qb, dbb, info = B.run_baseline(method, 24, xdb, ydb, xq, xdb, seed=0)
+        maps[method] = evaluate_codes(qb, yq, dbb, ydb, 24)["map_tie_aware"]
+    assert maps["ksh"] > maps["lsh"] + 0.3, maps
+    assert info["n_anchors"] == 300 and info["n_labeled"] == len(xdb)
+
+
+def test_ksh_needs_two_classes(blobs):
+    x, _ = blobs
+    with pytest.raises(ValueError, match="2 classes"):
+        B.KSH(4).fit(x, np.zeros(len(x), int))
+
+
+def test_ksh_low_rank_residual_equals_the_dense_matrix():
+    rng = np.random.default_rng(2)
+    lab = rng.integers(0, 4, 30)
+    onehot = np.eye(4)[lab]
+    s = B.KSHResidual(onehot, 5)
+    dense = 5 * np.where(lab[:, None] == lab[None, :], 1.0, -1.0)
+    for _ in range(3):
+        np.testing.assert_allclose(s.dense(), dense)
+        assert s.frobenius2() == pytest.approx(np.sum(dense ** 2))
+        v, m = rng.normal(size=30), rng.normal(size=(30, 3))
+        np.testing.assert_allclose(s @ v, dense @ v)
+        np.testing.assert_allclose(v @ s, v @ dense)
+        np.testing.assert_allclose(m.T @ s @ m, m.T @ dense @ m)
+        y = np.where(rng.normal(size=30) >= 0, 1.0, -1.0)
+        s.subtract(y)
+        dense = dense - np.outer(y, y)

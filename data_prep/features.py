@@ -1,0 +1,309 @@
+"""Backbone features of a data_prep build's images, for each image and its mirror, as float Datum LMDBs.
+
+    python -m data_prep.features --images BUILD --backbone nsfw-resnet50-1by2 --input-size 96 --out DIR
+        [--batch-size 50] [--chunk 2000] [--deploy P --weights W]  (another Caffe backbone)
+
+BUILD is a `python -m data_prep.build` output folder (its `dataset.json` and raw or encoded image
+LMDBs). The feature net is the backbone's deploy net with its input set to
+`batch x 3 x S x S`, its last Pooling layer made `global_pooling: true` and every layer after it
+(the classifier) removed (`feature_deploy`); each image is resized to S x S (bilinear), its
+stored BGR channels minus the backbone's mean, once as stored and once mirrored (left-right).
+
+Outputs in DIR (`features.json` is the completion marker, data_prep.outputs; written last):
+
+| path | what |
+| --- | --- |
+| `lmdb/<split>` | row i of BUILD's `lmdb/<split>`: a float Datum (channels = D, height = width = 1, `float_data`, the label) of the original image |
+| `lmdb/<split>_mirror` | the same for the mirrored image |
+| `feature_deploy.prototxt` | the net that computed them |
+| `features.json` | inputs (backbone name, files and sha256, input size, mean, the images' dataset.json sha256), counts, dimension, seconds |
+
+A split BUILD stores as a symlink to another (`same_as`) is a symlink here too. Resumable: the
+work is done in chunks of `--chunk` images kept under `.parts/` (each written atomically, with the
+inputs it was made from); a rerun after an interruption computes only the missing chunks, a rerun
+over a finished folder does nothing. The LMDBs are written atomically from the chunks at the end.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .datum import caffe_pb2, datum_to_image, parse_datum
+from .errors import DataPrepError
+from .lmdb_io import LmdbWriter, iter_records, key, lmdb_count
+from .outputs import (OutputLock, atomic_dir, atomic_file, atomic_symlink, completed, load_marker,
+                      mark_complete, remove_stale_temporaries, sha256_file, write_text)
+from .progress import Progress
+
+# The backbones' own input conventions: BGR 0-255 minus these per-channel means.
+BACKBONE_MEANS = {'nsfw-resnet50-1by2': (104.0, 117.0, 123.0)}  # open_nsfw's classify_nsfw.py
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    images: str                 # a data_prep build folder
+    out: str
+    deploy: str                 # the backbone's deploy.prototxt
+    weights: str                # its .caffemodel
+    input_size: int
+    mean_bgr: tuple
+    backbone: str = 'custom'    # a name for the record
+    batch_size: int = 50
+    chunk: int = 2000
+    quiet: bool = False
+
+
+def feature_deploy(deploy_text, input_size, batch_size):
+    """The backbone's deploy net as a feature net: input batch x 3 x S x S, the last Pooling layer
+    global (kernel, stride and pad cleared) and every layer after it removed. -> (text, top name)."""
+    from google.protobuf import text_format
+    net = caffe_pb2().NetParameter()
+    text_format.Merge(deploy_text, net)
+    if net.input:
+        raise DataPrepError('the deploy net declares its input with top-level `input:` fields; this tool '
+                            'expects an `Input` layer')
+    inputs = [layer for layer in net.layer if layer.type == 'Input']
+    pools = [i for i, layer in enumerate(net.layer) if layer.type == 'Pooling']
+    if len(inputs) != 1 or not pools:
+        raise DataPrepError(f'the deploy net needs one Input layer and a Pooling layer '
+                            f'(has {len(inputs)} Input, {len(pools)} Pooling)')
+    shape = inputs[0].input_param.shape[0]
+    del shape.dim[:]
+    shape.dim.extend([batch_size, 3, input_size, input_size])
+    last = pools[-1]
+    pool = net.layer[last].pooling_param
+    for f in ('kernel_size', 'kernel_h', 'kernel_w', 'stride', 'stride_h', 'stride_w', 'pad', 'pad_h', 'pad_w'):
+        pool.ClearField(f)
+    pool.global_pooling = True
+    del net.layer[last + 1:]
+    return text_format.MessageToString(net), net.layer[last].top[0]
+
+
+def preprocess(bgr, input_size, mean_bgr):
+    """uint8 H x W x 3 (BGR) -> float32 3 x S x S, minus the mean (original) and its mirror."""
+    import cv2
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise DataPrepError(f'a backbone needs 3-channel images, got shape {bgr.shape}')
+    img = cv2.resize(np.ascontiguousarray(bgr), (input_size, input_size), interpolation=cv2.INTER_LINEAR)
+    x = img.astype(np.float32).transpose(2, 0, 1) - np.asarray(mean_bgr, np.float32)[:, None, None]
+    return x, x[:, :, ::-1]
+
+
+def float_datum(vector, label):
+    d = caffe_pb2().Datum(channels=int(vector.size), height=1, width=1, label=int(label))
+    d.float_data.extend(np.asarray(vector, np.float32).tolist())
+    return d
+
+
+def read_feature_lmdb(path):
+    """-> (features float32 [n, D], labels int64 [n]) of a float Datum LMDB, in key order."""
+    feats, labels = [], []
+    for k, v in iter_records(path):
+        d = parse_datum(v)
+        if not d.float_data:
+            raise DataPrepError(f'{path}: record {k.decode()} has no float_data (not a feature LMDB)')
+        feats.append(np.asarray(d.float_data, np.float32))
+        labels.append(d.label)
+    return np.stack(feats), np.asarray(labels, np.int64)
+
+
+def _load_images(path, rows):
+    """Images and labels of rows [lo, hi) of an image LMDB, in key order."""
+    from .lmdb_io import open_lmdb
+    lo, hi = rows
+    env = open_lmdb(path)
+    imgs, labels = [], []
+    try:
+        with env.begin() as txn:
+            for i in range(lo, hi):
+                v = txn.get(key(i))
+                if v is None:
+                    raise DataPrepError(f'{path}: record {i} is missing; rebuild the image LMDBs')
+                d = parse_datum(v)
+                imgs.append(datum_to_image(d, f'{path}: {i}'))
+                labels.append(d.label)
+    finally:
+        env.close()
+    return imgs, np.asarray(labels, np.int64)
+
+
+def _say(spec, *a):
+    if not spec.quiet:
+        print(*a, flush=True)
+
+
+def extract(spec, net_factory=None):
+    """Computes (or finds complete) the features of every split of `spec.images`. Returns the record
+    of features.json plus {'skipped': bool, 'computed_chunks', 'reused_chunks'}."""
+    manifest_path = os.path.join(spec.images, 'dataset.json')
+    manifest = load_marker(manifest_path)
+    if manifest is None or not manifest.get('lmdb'):
+        raise DataPrepError(f'{manifest_path}: missing or without image LMDBs; run python -m data_prep.build '
+                            'first (without --splits-only)')
+    inputs = {'backbone': spec.backbone, 'deploy_sha256': sha256_file(spec.deploy),
+              'weights_sha256': sha256_file(spec.weights), 'weights_bytes': os.path.getsize(spec.weights),
+              'input_size': int(spec.input_size), 'mean_bgr': [float(m) for m in spec.mean_bgr],
+              'images_manifest_sha256': sha256_file(manifest_path), 'mirror': True,
+              'preprocess': 'cv2 bilinear resize to SxS, BGR float minus mean, mirror = flip width'}
+    marker = os.path.join(spec.out, 'features.json')
+    os.makedirs(spec.out, exist_ok=True)
+    with OutputLock(spec.out, what='feature extraction'):
+        record = completed(marker, inputs)
+        if record is not None:
+            _say(spec, f'features: {spec.out} is complete for these inputs; nothing to do')
+            return dict(record, skipped=True, computed_chunks=0, reused_chunks=0)
+        remove_stale_temporaries(spec.out)
+        text, top = feature_deploy(open(spec.deploy).read(), spec.input_size, spec.batch_size)
+        deploy_out = os.path.join(spec.out, 'feature_deploy.prototxt')
+        write_text(deploy_out, text)
+        parts = os.path.join(spec.out, '.parts')
+        parts_marker = os.path.join(parts, 'inputs.json')
+        old = load_marker(parts_marker)
+        if old is None or old['inputs'] != json.loads(json.dumps(inputs)):
+            if os.path.isdir(parts):
+                import shutil
+                shutil.rmtree(parts)
+            mark_complete(parts_marker, inputs)
+        net = None
+        t0 = time.monotonic()
+        stats = {'computed_chunks': 0, 'reused_chunks': 0}
+        lmdbs, dim = {}, None
+        own = {n: i for n, i in manifest['lmdb'].items() if not i.get('same_as')}
+        for name, info in sorted(own.items()):
+            src = os.path.join(spec.images, info['path'])
+            n = lmdb_count(src)
+            prog = Progress(n, f'features/{name}', enabled=not spec.quiet, min_total=1)
+            chunks = []
+            for lo in range(0, n, spec.chunk):
+                hi = min(n, lo + spec.chunk)
+                part = os.path.join(parts, f'{name}-{lo:08d}-{hi:08d}.npz')
+                if not os.path.exists(part):
+                    if net is None:
+                        net = (net_factory or _caffe_net)(deploy_out, spec.weights)
+                    imgs, labels = _load_images(src, (lo, hi))
+                    feats = _forward(net, top, imgs, spec)
+                    with atomic_file(part, 'wb') as f:
+                        np.savez(f, features=feats, labels=labels)
+                    stats['computed_chunks'] += 1
+                else:
+                    stats['reused_chunks'] += 1
+                chunks.append(part)
+                prog.update(hi - lo)
+            lmdbs[name] = (chunks, n)
+        _say(spec, f'features: computed {stats["computed_chunks"]} chunks, reused {stats["reused_chunks"]} '
+             f'({time.monotonic() - t0:.1f} s)')
+        outputs, counts = [], {}
+        for name, (chunks, n) in lmdbs.items():
+            for view in (0, 1):
+                lname = name if view == 0 else f'{name}_mirror'
+                path = os.path.join(spec.out, 'lmdb', lname)
+                with atomic_dir(path) as tmp:
+                    w = None
+                    row = 0
+                    try:
+                        for part in chunks:
+                            with np.load(part) as z:
+                                feats, labels = z['features'], z['labels']
+                            dim = feats.shape[2]
+                            if w is None:
+                                w = LmdbWriter(tmp, n * (dim * 4 + 32))
+                            for f_, lab in zip(feats[:, view], labels):
+                                w.put(key(row), float_datum(f_, lab).SerializeToString())
+                                row += 1
+                    finally:
+                        if w is not None:
+                            w.close()
+                    if row != n:
+                        raise DataPrepError(f'{path}: wrote {row} records, expected {n}')
+                outputs.append(f'lmdb/{lname}/data.mdb')
+                counts[lname] = n
+        for name, info in manifest['lmdb'].items():
+            if info.get('same_as'):
+                for suffix in ('', '_mirror'):
+                    atomic_symlink(info['same_as'] + suffix, os.path.join(spec.out, 'lmdb', name + suffix))
+                    counts[name + suffix] = counts[info['same_as'] + suffix]
+        record = mark_complete(marker, inputs, outputs=outputs + ['feature_deploy.prototxt'],
+                               dimension=int(dim), counts=counts, feature_blob=top,
+                               same_as={n: i['same_as'] for n, i in manifest['lmdb'].items() if i.get('same_as')},
+                               files={'deploy': os.path.abspath(spec.deploy),
+                                      'weights': os.path.abspath(spec.weights)},
+                               seconds=round(time.monotonic() - t0, 1))
+        import shutil
+        shutil.rmtree(parts, ignore_errors=True)
+        return dict(record, skipped=False, **stats)
+
+
+def _caffe_net(deploy, weights):
+    import caffe
+    caffe.set_mode_cpu()
+    return caffe.Net(deploy, caffe.TEST, weights=weights)
+
+
+def _forward(net, top, imgs, spec):
+    """float32 [n, 2, D]: the features of each image and its mirror."""
+    out = []
+    bs = spec.batch_size
+    x = np.stack([v for img in imgs for v in preprocess(img, spec.input_size, spec.mean_bgr)])
+    for lo in range(0, len(x), bs):
+        batch = x[lo:lo + bs]
+        data = net.blobs['data']
+        if data.data.shape[0] != len(batch):
+            data.reshape(len(batch), *data.data.shape[1:])
+        data.data[...] = batch
+        net.forward()
+        out.append(net.blobs[top].data.reshape(len(batch), -1).copy())
+    feats = np.concatenate(out)
+    if not np.isfinite(feats).all():
+        raise DataPrepError('the backbone produced non-finite features; check its weights')
+    return feats.reshape(len(imgs), 2, -1)
+
+
+def spec_from_backbone(images, out, backbone, input_size, **kw):
+    """A FeatureSpec for a named, fetched backbone (data_prep.backbones)."""
+    from .backbones import fetch_backbone
+    if backbone not in BACKBONE_MEANS:
+        raise DataPrepError(f'backbone {backbone!r} has no Caffe deploy net here; choose one of '
+                            f'{", ".join(sorted(BACKBONE_MEANS))} or pass --deploy and --weights')
+    files = fetch_backbone(backbone)['files']
+    weights = next(p for n, p in files.items() if n.endswith('.caffemodel'))
+    return FeatureSpec(images=images, out=out, deploy=files['deploy.prototxt'], weights=weights,
+                       input_size=input_size, mean_bgr=BACKBONE_MEANS[backbone], backbone=backbone, **kw)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--images', required=True, help='a data_prep build folder')
+    ap.add_argument('--out', required=True)
+    ap.add_argument('--backbone', default='nsfw-resnet50-1by2')
+    ap.add_argument('--input-size', type=int, default=96)
+    ap.add_argument('--deploy', help='another backbone: its deploy.prototxt (with --weights, --mean)')
+    ap.add_argument('--weights')
+    ap.add_argument('--mean', default='104,117,123', help='BGR mean for --deploy (default 104,117,123)')
+    ap.add_argument('--batch-size', type=int, default=50)
+    ap.add_argument('--chunk', type=int, default=2000)
+    ap.add_argument('--quiet', action='store_true')
+    args = ap.parse_args(argv)
+    try:
+        kw = dict(batch_size=args.batch_size, chunk=args.chunk, quiet=args.quiet)
+        if args.deploy or args.weights:
+            if not (args.deploy and args.weights):
+                raise DataPrepError('--deploy and --weights go together')
+            spec = FeatureSpec(images=args.images, out=args.out, deploy=args.deploy, weights=args.weights,
+                               input_size=args.input_size, mean_bgr=tuple(float(v) for v in args.mean.split(',')),
+                               **kw)
+        else:
+            spec = spec_from_backbone(args.images, args.out, args.backbone, args.input_size, **kw)
+        rec = extract(spec)
+    except DataPrepError as e:
+        print(f'data_prep.features: error: {e}', file=sys.stderr)
+        return 2
+    print(f'features: {rec["dimension"]}-d, {rec["counts"]} -> {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
