@@ -23,9 +23,11 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="the blobs folder to write")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--method", default="tqn", choices=sorted(D.METHODS))
+    ap.add_argument("--log", help="Caffe's own log (default: <out>.log)")
+    ap.add_argument("--verbose", action="store_true", help="Caffe's own log on the console instead")
     a = ap.parse_args(argv)
     spec = ExtractSpec(data=a.data, dataset=a.dataset, scale=a.scale, bits=a.bits, weights=a.weights,
-                       out=a.out, batch=a.batch, method=a.method)
+                       out=a.out, batch=a.batch, method=a.method, log=a.log, verbose=a.verbose)
 
     def call():
         meta = extract(spec)

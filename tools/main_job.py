@@ -45,6 +45,7 @@ class JobSpec:
     batch_triplets: int = D.PAPER_TRAINING["batch_triplets"]
     seed: int = 1
     quiet: bool = False
+    verbose: bool = False
 
     def out_dir(self):
         return os.path.abspath(self.out or os.path.join(ROOT, "runs", f"main-{self.dataset}-{self.scale}"))
@@ -59,7 +60,7 @@ class JobSpec:
         return TrainSpec(data=self.data_dir(), dataset=self.dataset, scale=self.scale, bits=bits,
                          out=out, method=method, weights=self.weights, seed=self.seed,
                          epochs=self.epochs, iters=self.iters, batch_triplets=self.batch_triplets,
-                         quiet=self.quiet)
+                         quiet=self.quiet, verbose=self.verbose)
 
 
 def say(text):
@@ -92,7 +93,7 @@ def run(spec):
             _, results[bits][step] = score(models[label], data,
                                            os.path.join(runs[bits], "blobs", f"step{step}"),
                                            os.path.join(runs[bits], "eval", f"step{step}"),
-                                           cfg["classes"])
+                                           cfg["classes"], verbose=spec.verbose)
             say(f"{bits} bits, step {step} ({'triplet' if step == 1 else 'TQN'}):\n"
                 + evaluation.summary(results[bits][step]))
     return write_results(spec, results, runs, protocol, time.monotonic() - start)
@@ -141,7 +142,9 @@ def parser():
     ap.add_argument("--seed", type=int, default=1, help="Caffe's solver seed (step 2: +1)")
     ap.add_argument("--data-seed", type=int, default=0, help="split and triplet seed")
     ap.add_argument("--out", help="output folder (default runs/main-<dataset>-<scale>)")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines (results only)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="Caffe's own log on the console too (it always goes to the run's logs)")
     return ap
 
 
@@ -153,7 +156,8 @@ def main(argv=None):
     spec = JobSpec(dataset=a.dataset, scale=a.scale, out=a.out, data=a.data,
                    build=data, bits=tuple(a.bits) if a.bits else None,
                    weights=a.weights, epochs=tuple(a.epochs), iters=tuple(a.iters) if a.iters else None,
-                   batch_triplets=a.batch_triplets, seed=a.seed, quiet=a.quiet)
+                   batch_triplets=a.batch_triplets, seed=a.seed, quiet=a.quiet,
+                   verbose=a.verbose)
     return run_command("main_job", lambda: run(spec))
 
 

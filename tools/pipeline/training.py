@@ -64,6 +64,7 @@ class TrainSpec:
     force: bool = False           # train over a run with other parameters
     gpu: Optional[str] = None     # GPU id(s), passed to caffe train -gpu (a CUDA build)
     quiet: bool = False
+    verbose: bool = False      # Caffe's own log on the console too (it always goes to logs/)
 
 
 def tqn_override(item):
@@ -227,7 +228,7 @@ def train(spec):
         print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
         seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
-                            f"step {step}", spec.quiet)
+                            f"step {step}", spec.quiet, spec.verbose)
         steps_record[str(step)] = dict(seconds=round(seconds, 1), resumed_from=resumed,
                                        model=os.path.basename(model))
         record = _mark(params_path, p, steps_record)
