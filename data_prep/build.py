@@ -64,6 +64,10 @@ class BuildSpec:
     archive: Optional[str] = None
     root: Optional[str] = None
     list: Optional[str] = None
+    train_list: Optional[str] = None       # images: one list file per set (with query_list)
+    query_list: Optional[str] = None
+    database_list: Optional[str] = None
+    database_is_query: bool = False        # images: database = query, self-match excluded (-dsh)
     protocol: Optional[str] = None
     seed: int = 0
     epochs: int = 40
@@ -99,7 +103,13 @@ def parser():
     p.add_argument('--archive', help='cifar10: the binary or python archive (.tar.gz) or extracted folder')
     p.add_argument('--root', help='inshop: the In-shop folder (Eval/, Img/); images: the class folder root, or '
                                   'the base of relative paths in --list')
-    p.add_argument('--list', help='images: a "path label" list file instead of a class folder')
+    p.add_argument('--list', help='images: a "path label" (or "path label set") list file instead of a class '
+                                  'folder')
+    p.add_argument('--train-list', help='images: the training set\'s "path label" list (with --query-list)')
+    p.add_argument('--query-list', help='images: the query set\'s list')
+    p.add_argument('--database-list', help='images: the database set\'s list (default: the training images)')
+    p.add_argument('--database-is-query', action='store_true',
+                   help='images: database = the query set, each query left out of its own ranking (DSH style)')
     p.add_argument('--protocol', help='; '.join(f'{d}: {"|".join(v)} (default {DEFAULT_PROTOCOL[d]})'
                                                  for d, v in PROTOCOLS.items()))
     p.add_argument('--out', required=True, help='output folder')
@@ -170,6 +180,13 @@ def source_of(spec):
         if not spec.splits_only and os.path.isdir(img):
             src['images'] = _files_fingerprint(list(_image_tree(img)), img)
         return src
+    set_lists = _set_lists(spec)
+    if set_lists:
+        src = {name: _fingerprint(path) for name, path in set_lists.items()}
+        src['root'] = os.path.realpath(spec.root) if spec.root else None
+        listed = readers.read_image_lists(set_lists, spec.root)
+        src['images'] = _files_fingerprint(listed.paths, '/')
+        return src
     if spec.list:
         src = _fingerprint(spec.list)
         src['root'] = os.path.realpath(spec.root) if spec.root else None
@@ -183,8 +200,42 @@ def source_of(spec):
     return dict(_fingerprint(spec.root), images=_files_fingerprint(list(_image_tree(spec.root)), spec.root))
 
 
+def _set_lists(spec):
+    """images: {partition: list file} of --train-list / --query-list / --database-list, or None."""
+    given = {'train': spec.train_list, 'query': spec.query_list, 'database': spec.database_list}
+    given = {k: v for k, v in given.items() if v}
+    if not given:
+        return None
+    if spec.dataset != 'images':
+        raise DataPrepError('--train-list / --query-list / --database-list apply to --dataset images only')
+    if spec.list or 'train' not in given or 'query' not in given:
+        raise DataPrepError('per-set list files need --train-list and --query-list (and optionally '
+                            '--database-list), without --list')
+    return given
+
+
+def _images_protocol(spec):
+    """The default protocol of an images build: `given` when the source names its sets (set folders,
+    set lists, a list with a set column), else `stratified`; -dsh with database_is_query."""
+    if spec.protocol:
+        base = spec.protocol
+    elif _set_lists(spec) or (spec.root and not spec.list and readers.set_folders(spec.root)):
+        base = 'given'
+    elif spec.list and readers.read_image_list(spec.list, spec.root).partition is not None:
+        base = 'given'
+    else:
+        base = 'stratified'
+    if spec.database_is_query and not base.endswith('-dsh'):
+        base += '-dsh'
+    return base
+
+
 def parameters(spec):
-    protocol = spec.protocol or DEFAULT_PROTOCOL[spec.dataset]
+    if spec.dataset != 'images' and (spec.database_is_query or _set_lists(spec)):
+        raise DataPrepError('--database-is-query and per-set lists apply to --dataset images only '
+                            '(other data sets name it in --protocol, e.g. dsh)')
+    protocol = _images_protocol(spec) if spec.dataset == 'images' else \
+        (spec.protocol or DEFAULT_PROTOCOL[spec.dataset])
     if protocol not in PROTOCOLS[spec.dataset]:
         raise DataPrepError(f'--protocol {protocol} does not apply to --dataset {spec.dataset}; choose one of '
                             f'{", ".join(PROTOCOLS[spec.dataset])}')
@@ -199,7 +250,7 @@ def parameters(spec):
         'batch_triplets': spec.batch_triplets, 'encode': spec.encode,
         'resize': list(spec.resize) if spec.resize else None,
         'stock_triplet_epochs': spec.stock_triplet_epochs,
-        'query_share': spec.query_share if protocol == 'stratified' else None,
+        'query_share': spec.query_share if protocol.startswith('stratified') else None,
         'singletons': spec.singletons, 'splits_only': bool(spec.splits_only),
         'source': source_of(spec),
     }
@@ -214,14 +265,26 @@ def load_manifest(out):
 # ---------------------------------------------------------------- the build
 
 def read_dataset(spec):
+    ds = _read_dataset(spec)
+    if spec.dataset == 'images':
+        ds.channels = readers.detect_channels(ds.paths)   # grey images stay one channel
+    return ds
+
+
+def _read_dataset(spec):
     if spec.dataset == 'digits':
         return readers.read_digits()
     if spec.dataset == 'cifar10':
         return readers.read_cifar10(spec.archive)
     if spec.dataset == 'inshop':
         return readers.read_inshop(spec.root)
+    set_lists = _set_lists(spec)
+    if set_lists:
+        return readers.read_image_lists(set_lists, spec.root)
     if spec.list:
         return readers.read_image_list(spec.list, spec.root)
+    if readers.set_folders(spec.root):
+        return readers.read_image_sets(spec.root)
     return readers.read_image_folder(spec.root)
 
 
