@@ -96,6 +96,23 @@ def parse_resize(text):
     return tuple(parts)
 
 
+def add_image_source_arguments(ap):
+    """The `--dataset images` source options every runner shares (main job, compare): --list, the
+    per-set lists and --database-is-query; `image_source_fields(args)` turns them into BuildSpec
+    fields."""
+    ap.add_argument('--list', help='images: a "path label" (or "path label set") list file')
+    ap.add_argument('--train-list', help='images: the training set\'s "path label" list (with --query-list)')
+    ap.add_argument('--query-list', help='images: the query set\'s list')
+    ap.add_argument('--database-list', help='images: the database set\'s list (default: the training images)')
+    ap.add_argument('--database-is-query', action='store_true',
+                    help='images: database = the query set, each query left out of its own ranking (DSH style)')
+
+
+def image_source_fields(args):
+    return dict(list=args.list, train_list=args.train_list, query_list=args.query_list,
+                database_list=args.database_list, database_is_query=args.database_is_query)
+
+
 def parser():
     p = argparse.ArgumentParser(prog='python -m data_prep.build', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,13 +120,7 @@ def parser():
     p.add_argument('--archive', help='cifar10: the binary or python archive (.tar.gz) or extracted folder')
     p.add_argument('--root', help='inshop: the In-shop folder (Eval/, Img/); images: the class folder root, or '
                                   'the base of relative paths in --list')
-    p.add_argument('--list', help='images: a "path label" (or "path label set") list file instead of a class '
-                                  'folder')
-    p.add_argument('--train-list', help='images: the training set\'s "path label" list (with --query-list)')
-    p.add_argument('--query-list', help='images: the query set\'s list')
-    p.add_argument('--database-list', help='images: the database set\'s list (default: the training images)')
-    p.add_argument('--database-is-query', action='store_true',
-                   help='images: database = the query set, each query left out of its own ranking (DSH style)')
+    add_image_source_arguments(p)
     p.add_argument('--protocol', help='; '.join(f'{d}: {"|".join(v)} (default {DEFAULT_PROTOCOL[d]})'
                                                  for d, v in PROTOCOLS.items()))
     p.add_argument('--out', required=True, help='output folder')

@@ -147,8 +147,8 @@ def _method_key(name):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits", choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", default="digits", choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--methods", nargs="+", default=list(CompareSpec.methods),
                     choices=DEEP + ONE_STEP + CLASSICAL)
     ap.add_argument("--bits", type=int, nargs="+")

@@ -16,8 +16,8 @@ from tools.pipeline.extraction import ExtractSpec, extract
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a data_prep output folder (dataset.json, lmdb/)")
-    ap.add_argument("--dataset", required=True, choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", required=True, choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--bits", type=int, required=True)
     ap.add_argument("--weights", required=True, help="the trained model (.caffemodel)")
     ap.add_argument("--out", required=True, help="the blobs folder to write")

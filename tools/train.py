@@ -18,8 +18,8 @@ from tools.pipeline.training import TrainSpec, method_param, tqn_override, train
 def parser():
     ap = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a data_prep output folder (dataset.json)")
-    ap.add_argument("--dataset", required=True, choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", required=True, choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--bits", type=int, required=True)
     ap.add_argument("--out", required=True, help="the run folder")
     ap.add_argument("--method", default="tqn", choices=sorted(D.METHODS),

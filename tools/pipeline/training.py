@@ -113,7 +113,10 @@ def latest_state(run, step, iters):
 
 def plan(spec, manifest):
     """Every parameter of the run's steps, as recorded in params.json."""
-    cfg = D.config(spec.dataset, spec.scale)
+    classes = manifest.get("classes")
+    if spec.dataset == D.IMAGES and manifest.get("dataset") != D.IMAGES:
+        raise TrainError(f"{spec.data} holds a {manifest.get('dataset')} build, not --dataset images")
+    cfg = D.config(spec.dataset, spec.scale, classes)
     overrides = dict(spec.method_params)
     if spec.method == "tqn" and overrides:
         raise TrainError("--method-param applies to dsh, dnnh and dqn; TQN's are --tqn")
@@ -134,7 +137,11 @@ def plan(spec, manifest):
     else:
         iters = [D.iterations(e, n_train, bs) for e in spec.epochs]
     lrs = list(spec.base_lr) if spec.base_lr else list(cfg["base_lr"])
-    tqn = dict(D.tqn_parameters(spec.dataset, spec.scale, spec.bits), **spec.tqn)
+    try:
+        tqn = dict(D.tqn_parameters(spec.dataset, spec.scale, spec.bits, classes,
+                                    alpha_d_value=spec.tqn.get("alpha_d")), **spec.tqn)
+    except (KeyError, ValueError) as e:
+        raise TrainError(f"{e.args[0]}; give alpha_d with --tqn alpha_d=VALUE") from None
     if spec.method != "tqn":
         if spec.tqn:
             raise TrainError(f"--tqn applies to method tqn, not {spec.method}")
