@@ -106,15 +106,16 @@ def run(spec):
 def write_results(spec, results, runs, protocol, seconds):
     results_dir = os.path.join(spec.out_dir(), "results")
     bits_list = spec.bits_list()
-    md, csv_rows = report.table3(results, bits_list, spec.dataset, protocol)
-    title = f"{spec.dataset} / {spec.scale} scale / protocol {protocol}"
+    manifest = load_manifest(spec.data_dir())
+    name = report.dataset_name(manifest)
+    md, csv_rows = report.table3(results, bits_list, spec.dataset, protocol, name=name)
+    title = f"{name} / {spec.scale} scale / protocol {protocol}"
     report.write_table(os.path.join(results_dir, "table3.md"), f"# {title}\n\n{md}\n", csv_rows)
     report.plot_losses(runs, results_dir, title)
     report.plot_pr_curves(results, os.path.join(results_dir, "pr_curves.png"), title)
     warnings = {f"{b} bits step {s}": results[b][s]["collapse_warnings"]
                 for b in bits_list for s in (1, 2) if results[b][s]["collapse_warnings"]}
-    manifest = load_manifest(spec.data_dir())
-    summary = dict(dataset=spec.dataset, scale=spec.scale, protocol=protocol, bits=bits_list,
+    summary = dict(dataset=spec.dataset, dataset_name=name, scale=spec.scale, protocol=protocol, bits=bits_list,
                    seconds=round(seconds, 1), table=csv_rows, warnings=warnings,
                    data_seed=manifest.get("seed"), triplet_seed=manifest.get("triplets", {}).get("seed"),
                    solver_seed=spec.seed)
