@@ -1,13 +1,16 @@
 """The data_prep CLI: archive -> splits -> LMDBs -> triplets, into one output folder.
 
     python -m data_prep.build --dataset {digits,cifar10,inshop,images} [--archive PATH] [--root PATH]
-        [--list FILE] [--protocol NAME] --out DIR [--seed 0] [--epochs 40] [--batch-triplets 32]
+        [--list FILE] [--train-list F --query-list F [--database-list F]] [--database-is-query] [--protocol NAME] --out DIR [--seed 0] [--epochs 40] [--batch-triplets 32]
         [--encode {raw,png,jpg}] [--resize HxW] [--stock-triplet-epochs 0] [--query-share 0.2]
         [--singletons {error,negatives}] [--splits-only] [--force] [--quiet]
 
 Sources: cifar10 --archive cifar-10-binary.tar.gz | cifar-10-python.tar.gz | an extracted batches folder;
 inshop --root <In-shop folder with Eval/ and Img/>; images --root <folder with one subfolder per class> or
---list <"path label" file> (paths relative to --root, else to the list's folder); digits: nothing.
+--list <"path label" file> (paths relative to --root, else to the list's folder; they must stay inside it);
+images with its own split: --root <folder with train/ and test/ (or train/, query/, database/) class folders>,
+--train-list/--query-list/--database-list, or --list of "path label set" lines (protocol given; -dsh with
+--database-is-query); digits: nothing.
 
 Output folder DIR:
   dataset.json                  manifest and completion marker (data_prep.outputs): "inputs" (the
