@@ -1,13 +1,16 @@
 """The data_prep CLI: archive -> splits -> LMDBs -> triplets, into one output folder.
 
     python -m data_prep.build --dataset {digits,cifar10,inshop,images} [--archive PATH] [--root PATH]
-        [--list FILE] [--protocol NAME] --out DIR [--seed 0] [--epochs 40] [--batch-triplets 32]
+        [--list FILE] [--train-list F --query-list F [--database-list F]] [--database-is-query] [--protocol NAME] --out DIR [--seed 0] [--epochs 40] [--batch-triplets 32]
         [--encode {raw,png,jpg}] [--resize HxW] [--stock-triplet-epochs 0] [--query-share 0.2]
         [--singletons {error,negatives}] [--splits-only] [--force] [--quiet]
 
 Sources: cifar10 --archive cifar-10-binary.tar.gz | cifar-10-python.tar.gz | an extracted batches folder;
 inshop --root <In-shop folder with Eval/ and Img/>; images --root <folder with one subfolder per class> or
---list <"path label" file> (paths relative to --root, else to the list's folder); digits: nothing.
+--list <"path label" file> (paths relative to --root, else to the list's folder; they must stay inside it);
+images with its own split: --root <folder with train/ and test/ (or train/, query/, database/) class folders>,
+--train-list/--query-list/--database-list, or --list of "path label set" lines (protocol given; -dsh with
+--database-is-query); digits: nothing.
 
 Output folder DIR:
   dataset.json                  manifest and completion marker (data_prep.outputs): "inputs" (the
@@ -64,6 +67,10 @@ class BuildSpec:
     archive: Optional[str] = None
     root: Optional[str] = None
     list: Optional[str] = None
+    train_list: Optional[str] = None       # images: one list file per set (with query_list)
+    query_list: Optional[str] = None
+    database_list: Optional[str] = None
+    database_is_query: bool = False        # images: database = query, self-match excluded (-dsh)
     protocol: Optional[str] = None
     seed: int = 0
     epochs: int = 40
@@ -92,6 +99,23 @@ def parse_resize(text):
     return tuple(parts)
 
 
+def add_image_source_arguments(ap):
+    """The `--dataset images` source options every runner shares (main job, compare): --list, the
+    per-set lists and --database-is-query; `image_source_fields(args)` turns them into BuildSpec
+    fields."""
+    ap.add_argument('--list', help='images: a "path label" (or "path label set") list file')
+    ap.add_argument('--train-list', help='images: the training set\'s "path label" list (with --query-list)')
+    ap.add_argument('--query-list', help='images: the query set\'s list')
+    ap.add_argument('--database-list', help='images: the database set\'s list (default: the training images)')
+    ap.add_argument('--database-is-query', action='store_true',
+                    help='images: database = the query set, each query left out of its own ranking (DSH style)')
+
+
+def image_source_fields(args):
+    return dict(list=args.list, train_list=args.train_list, query_list=args.query_list,
+                database_list=args.database_list, database_is_query=args.database_is_query)
+
+
 def parser():
     p = argparse.ArgumentParser(prog='python -m data_prep.build', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +123,7 @@ def parser():
     p.add_argument('--archive', help='cifar10: the binary or python archive (.tar.gz) or extracted folder')
     p.add_argument('--root', help='inshop: the In-shop folder (Eval/, Img/); images: the class folder root, or '
                                   'the base of relative paths in --list')
-    p.add_argument('--list', help='images: a "path label" list file instead of a class folder')
+    add_image_source_arguments(p)
     p.add_argument('--protocol', help='; '.join(f'{d}: {"|".join(v)} (default {DEFAULT_PROTOCOL[d]})'
                                                  for d, v in PROTOCOLS.items()))
     p.add_argument('--out', required=True, help='output folder')
@@ -170,6 +194,13 @@ def source_of(spec):
         if not spec.splits_only and os.path.isdir(img):
             src['images'] = _files_fingerprint(list(_image_tree(img)), img)
         return src
+    set_lists = _set_lists(spec)
+    if set_lists:
+        src = {name: _fingerprint(path) for name, path in set_lists.items()}
+        src['root'] = os.path.realpath(spec.root) if spec.root else None
+        listed = readers.read_image_lists(set_lists, spec.root)
+        src['images'] = _files_fingerprint(listed.paths, '/')
+        return src
     if spec.list:
         src = _fingerprint(spec.list)
         src['root'] = os.path.realpath(spec.root) if spec.root else None
@@ -183,8 +214,42 @@ def source_of(spec):
     return dict(_fingerprint(spec.root), images=_files_fingerprint(list(_image_tree(spec.root)), spec.root))
 
 
+def _set_lists(spec):
+    """images: {partition: list file} of --train-list / --query-list / --database-list, or None."""
+    given = {'train': spec.train_list, 'query': spec.query_list, 'database': spec.database_list}
+    given = {k: v for k, v in given.items() if v}
+    if not given:
+        return None
+    if spec.dataset != 'images':
+        raise DataPrepError('--train-list / --query-list / --database-list apply to --dataset images only')
+    if spec.list or 'train' not in given or 'query' not in given:
+        raise DataPrepError('per-set list files need --train-list and --query-list (and optionally '
+                            '--database-list), without --list')
+    return given
+
+
+def _images_protocol(spec):
+    """The default protocol of an images build: `given` when the source names its sets (set folders,
+    set lists, a list with a set column), else `stratified`; -dsh with database_is_query."""
+    if spec.protocol:
+        base = spec.protocol
+    elif _set_lists(spec) or (spec.root and not spec.list and readers.set_folders(spec.root)):
+        base = 'given'
+    elif spec.list and readers.read_image_list(spec.list, spec.root).partition is not None:
+        base = 'given'
+    else:
+        base = 'stratified'
+    if spec.database_is_query and not base.endswith('-dsh'):
+        base += '-dsh'
+    return base
+
+
 def parameters(spec):
-    protocol = spec.protocol or DEFAULT_PROTOCOL[spec.dataset]
+    if spec.dataset != 'images' and (spec.database_is_query or _set_lists(spec)):
+        raise DataPrepError('--database-is-query and per-set lists apply to --dataset images only '
+                            '(other data sets name it in --protocol, e.g. dsh)')
+    protocol = _images_protocol(spec) if spec.dataset == 'images' else \
+        (spec.protocol or DEFAULT_PROTOCOL[spec.dataset])
     if protocol not in PROTOCOLS[spec.dataset]:
         raise DataPrepError(f'--protocol {protocol} does not apply to --dataset {spec.dataset}; choose one of '
                             f'{", ".join(PROTOCOLS[spec.dataset])}')
@@ -199,7 +264,7 @@ def parameters(spec):
         'batch_triplets': spec.batch_triplets, 'encode': spec.encode,
         'resize': list(spec.resize) if spec.resize else None,
         'stock_triplet_epochs': spec.stock_triplet_epochs,
-        'query_share': spec.query_share if protocol == 'stratified' else None,
+        'query_share': spec.query_share if protocol.startswith('stratified') else None,
         'singletons': spec.singletons, 'splits_only': bool(spec.splits_only),
         'source': source_of(spec),
     }
@@ -214,14 +279,26 @@ def load_manifest(out):
 # ---------------------------------------------------------------- the build
 
 def read_dataset(spec):
+    ds = _read_dataset(spec)
+    if spec.dataset == 'images':
+        ds.channels = readers.detect_channels(ds.paths)   # grey images stay one channel
+    return ds
+
+
+def _read_dataset(spec):
     if spec.dataset == 'digits':
         return readers.read_digits()
     if spec.dataset == 'cifar10':
         return readers.read_cifar10(spec.archive)
     if spec.dataset == 'inshop':
         return readers.read_inshop(spec.root)
+    set_lists = _set_lists(spec)
+    if set_lists:
+        return readers.read_image_lists(set_lists, spec.root)
     if spec.list:
         return readers.read_image_list(spec.list, spec.root)
+    if readers.set_folders(spec.root):
+        return readers.read_image_sets(spec.root)
     return readers.read_image_folder(spec.root)
 
 

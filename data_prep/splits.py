@@ -17,6 +17,11 @@ In-shop (`--dataset inshop`):
                 database = gallery. The database overlaps training: a property of the paper's protocol.
 digits:         `digits`: per class 20 % (rounded half up) as query, the rest is database and train.
 images:         `stratified`: per class a share (--query-share, default 0.2) as query, rest = database = train.
+                `given`: the user's own sets (train/ + test/ or query/ [+ database/] folders, or list files per
+                set, or a list with a set column); database = the given database set, else the training
+                images (as cifar10-2).
+                `stratified-dsh`, `given-dsh`: the same, with database = query (each query left out of its
+                own ranking at evaluation, as DSH's protocol).
 
 Files: splits/<protocol>/{train,query,database}.txt, one `item_id label` line per item, and split.json
 (protocol, seed, counts per split and per class, whether database is train / overlaps train).
@@ -33,7 +38,7 @@ PROTOCOLS = {
     'cifar10': ('paper', 'dsh', 'cifar10-2', 'cifar10-1', 'cifar10-holdout'),
     'inshop': ('inshop', 'inshop-paper'),
     'digits': ('digits',),
-    'images': ('stratified',),
+    'images': ('stratified', 'given', 'stratified-dsh', 'given-dsh'),
 }
 DEFAULT_PROTOCOL = {'cifar10': 'paper', 'inshop': 'inshop', 'digits': 'digits', 'images': 'stratified'}
 SPLIT_NAMES = ('train', 'query', 'database')
@@ -148,11 +153,27 @@ def make_split(dataset, protocol=None, seed=0, query_share=0.2, singletons='erro
             train = np.flatnonzero((part == 'train') | (part == 'gallery'))
             notes.append('paper: training = train + gallery, test = query; database = gallery, which '
                          'overlaps training (a property of the paper\'s protocol)')
-    elif protocol in ('digits', 'stratified'):
+    elif protocol in ('digits', 'stratified', 'stratified-dsh'):
         share = 0.2 if protocol == 'digits' else query_share
         query, train = _stratified(labels, rng, share)
-        database = train
-        notes.append(f'stratified: {share:g} of each class as query, rest = database = train')
+        database = query if protocol == 'stratified-dsh' else train
+        notes.append(f'stratified: {share:g} of each class as query, rest = train; database = '
+                     + ('query (self-match excluded)' if protocol == 'stratified-dsh' else 'train'))
+    elif protocol in ('given', 'given-dsh'):
+        part = dataset.partition
+        if part is None or not {'train', 'query'} <= set(np.unique(part)):
+            raise DataPrepError(f'{dataset.source}: protocol {protocol} needs the given sets: train/ and test/ '
+                                '(or query/) folders, --train-list and --query-list, or a list with a set column')
+        train = np.flatnonzero(part == 'train')
+        query = np.flatnonzero(part == 'query')
+        given_db = np.flatnonzero(part == 'database')
+        if given_db.size and protocol == 'given-dsh':
+            raise DataPrepError(f'{dataset.source}: a database set is given, so the database cannot be the '
+                                'query set; drop the database set or the database-is-query choice')
+        database = given_db if given_db.size else (query if protocol == 'given-dsh' else train)
+        notes.append('given sets: train / query; database = ' +
+                     ('the given database set' if given_db.size else
+                      'query (self-match excluded)' if protocol == 'given-dsh' else 'train'))
     else:  # pragma: no cover - PROTOCOLS and this chain are kept in step
         raise AssertionError(protocol)
     split = Split(protocol, int(seed), train, query, database, notes)

@@ -57,6 +57,17 @@ CONFIGS = {
                               table_i="inshop", base_lr=PAPER_TRAINING["base_lr"]),
 }
 
+# `--dataset images`: the user's own labelled images (data_prep's image folders and list files).
+# The net is derived from the data: the backbone takes the LMDB's own size (--resize, or the
+# images' own) and channels (grey or colour); the number of classes picks Table I's row for
+# alpha_d (prototxt.tqn_params.table_i_row; override with --tqn alpha_d=...).
+IMAGES = "images"
+IMAGES_CONFIGS = {
+    # OURS: the CIFAR-10 quick net (convolutions + pools adapt to the input size; 32x32 colour
+    # trains on 2 CPU cores), the paper's learning rates, CIFAR-10's code lengths.
+    "cpu": dict(backbone="cifar_quick", bits=(12, 24, 48), base_lr=PAPER_TRAINING["base_lr"]),
+}
+
 STEPS = {
     1: dict(loss="TripletLoss", monitor="TripletQuantizationLoss"),
     2: dict(loss="TripletQuantizationLoss", monitor="TripletLoss"),
@@ -148,7 +159,25 @@ def dqn_bottleneck(bits):
     return m * -(-METHODS["dqn"]["bottleneck"] // m)
 
 
-def config(dataset, scale):
+def datasets():
+    """Every data set name a runner takes (--dataset)."""
+    return sorted({d for d, _ in CONFIGS} | {IMAGES})
+
+
+def scales():
+    return sorted({s for _, s in CONFIGS} | set(IMAGES_CONFIGS))
+
+
+def config(dataset, scale, classes=None):
+    """The configuration of (dataset, scale). For `images` it is derived from the data:
+    `classes` (the build's number of classes) sets classes and Table I's row; without it both
+    are None (enough for the extraction net, not for training)."""
+    if dataset == IMAGES:
+        if scale not in IMAGES_CONFIGS:
+            raise KeyError(f"--dataset images has no {scale!r} scale; known: "
+                           f"{', '.join(sorted(IMAGES_CONFIGS))}")
+        return dict(IMAGES_CONFIGS[scale], classes=classes,
+                    table_i=tqn_params.table_i_row(classes) if classes else None)
     try:
         return CONFIGS[(dataset, scale)]
     except KeyError:
@@ -157,16 +186,21 @@ def config(dataset, scale):
                        f"known: {known}") from None
 
 
-def alpha_d(dataset, scale, bits):
-    """Table I's alpha_d (PAPER) for the configuration's data set row."""
-    return tqn_params.table_i_alpha_d(config(dataset, scale)["table_i"], bits)
+def alpha_d(dataset, scale, bits, classes=None):
+    """Table I's alpha_d (PAPER) for the configuration's data set row (images: the row of its
+    number of classes)."""
+    row = config(dataset, scale, classes)["table_i"]
+    if row is None:
+        raise ValueError(f"{dataset}: alpha_d needs the number of classes of the data")
+    return tqn_params.table_i_alpha_d(row, bits)
 
 
-def tqn_parameters(dataset, scale, bits):
-    """TripletQuantizationLoss's parameters (PAPER): Table I's alpha_d, alpha_s = Delta^2,
-    delta = 4 Delta^2, beta, gamma."""
+def tqn_parameters(dataset, scale, bits, classes=None, alpha_d_value=None):
+    """TripletQuantizationLoss's parameters (PAPER): Table I's alpha_d (or `alpha_d_value`, a
+    user's), alpha_s = Delta^2, delta = 4 Delta^2, beta, gamma."""
     t = PAPER_TRAINING
-    return dict(alpha_d=alpha_d(dataset, scale, bits), alpha_s=round(t["Delta"] ** 2, 6),
+    ad = alpha_d_value if alpha_d_value is not None else alpha_d(dataset, scale, bits, classes)
+    return dict(alpha_d=ad, alpha_s=round(t["Delta"] ** 2, 6),
                 delta=round(4 * t["Delta"] ** 2, 6), beta=t["beta"], gamma=t["gamma"])
 
 

@@ -253,7 +253,9 @@ def train_net(dataset, scale, bits, step, images, triplets, mean_file=None, batc
                  triplet_data_param=data_param)
     parts = [data, *backbone(cfg["backbone"]), *hash_layers(bits, method, method_overrides)]
     if method == "tqn":
-        tqn = dict(D.tqn_parameters(dataset, scale, bits), **(tqn_overrides or {}))
+        given = tqn_overrides or {}
+        tqn = dict(given) if "alpha_d" in given and dataset == D.IMAGES else \
+            dict(D.tqn_parameters(dataset, scale, bits), **given)
         params = {"TripletLoss": dict(margin=D.PAPER_TRAINING["margin"]), "TripletQuantizationLoss": tqn}
         names = {"TripletLoss": "triplet_loss", "TripletQuantizationLoss": "tqn_loss"}
         s = D.STEPS[step]

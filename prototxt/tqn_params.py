@@ -81,6 +81,20 @@ def table_i_alpha_d(dataset, bits):
     raise KeyError(f"Table I has no alpha_d for {dataset} at {bits} bits; it has {known}")
 
 
+def table_i_row(num_classes):
+    """The data set row of Table I for a data set of `num_classes` classes (OURS: the paper gives
+    alpha_d for C = 10 and C = 7,982 only): the row whose K = ceil(ceil(log2 C) / 2) flipped
+    bits (Eq. 14) is nearest to this data set's, the smaller C on a tie. 2..64 classes -> cifar10."""
+    k = flipped_bits(num_classes)
+    rows = sorted({(name, c) for name, c, _ in TABLE_I}, key=lambda r: r[1])
+    return min(rows, key=lambda r: abs(flipped_bits(r[1]) - k))[0]
+
+
+def alpha_d_for_classes(num_classes, bits):
+    """Table I's alpha_d of the row table_i_row(num_classes) at `bits`."""
+    return table_i_alpha_d(table_i_row(num_classes), bits)
+
+
 def _check_Delta(Delta):
     if not 0 <= Delta <= 0.5:
         raise ValueError(f"Delta must lie in [0, 0.5] (Eq. 8), got {Delta}")

@@ -400,8 +400,9 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, dig
     run = tmp_path / "interrupted"
     proc = subprocess.Popen(_train_cmd(digits_data, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
-    for line in proc.stdout:           # progress lines: "  step 1: iteration 2400/8000, ..."
-        if ": iteration " in line and int(line.split("iteration ")[1].split("/")[0]) >= 2400:
+    for line in proc.stdout:           # progress lines: "  step 1: 2400/8000 (30 %), ..."
+        if line.startswith("  step 1: ") and "/8000" in line and \
+                int(line.split("step 1: ")[1].split("/")[0]) >= 2400:
             break
     if how == "sigint-group":
         os.killpg(proc.pid, signal.SIGINT)

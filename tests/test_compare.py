@@ -22,7 +22,10 @@ def test_deep_and_classical_rows_share_split_and_metrics(tmp_path, digits_data, 
 
 
 def test_cited_rows_are_marked_and_kept_apart():
-    rows = report.cited_rows([12, 48], "cifar10")
+    rows = report.cited_rows([12, 48], "cifar10", "dsh")
+    assert report.cited_rows([12, 48], "cifar10", "cifar10-1") == []
+    assert report.cited_rows([12, 48], "images", "given") == []
+    assert report.cited_rows([12, 48], "digits", "digits") == []
     assert {r["method"] for r in rows} >= {"DSH", "KSH", "TQN (paper)"}
     assert all(r["source"] == "cited: TQN paper, Table II" for r in rows)
     dsh = {r["bits"]: r["map_tie_aware"] for r in rows if r["method"] == "DSH"}

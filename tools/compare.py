@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from data_prep.build import BuildSpec, build
+from data_prep.build import BuildSpec, add_image_source_arguments, build, image_source_fields
 from data_prep.lmdb_io import read_image_lmdb
 from prototxt import description as D
 from tools.hashing import baselines
@@ -65,7 +65,7 @@ def raw_pixels(data_dir):
 
 def deep_rows(spec, out, data, bits, protocol, classes):
     """Rows of the deep methods at one width, and the TQN run's step-1 blobs folder."""
-    cfg = D.config(spec.dataset, spec.scale)
+    cfg = D.config(spec.dataset, spec.scale, classes)
     train = TrainSpec(data=data, dataset=spec.dataset, scale=spec.scale, bits=bits, out="",
                       weights=spec.weights, seed=spec.seed, epochs=spec.epochs, iters=spec.iters,
                       quiet=True)
@@ -80,6 +80,8 @@ def deep_rows(spec, out, data, bits, protocol, classes):
             step = {"triplet": "step1", "tqn": "step2"}.get(label, "")
             blobs = os.path.join(model.run, "blobs", step)
             _, result = score(model, data, blobs, os.path.join(model.run, "eval", step), classes)
+            for w in result["collapse_warnings"]:   # as evaluation.summary prints them
+                print(f"  WARNING ({bits} bits, {label}): {w}", flush=True)
             if label == "triplet":
                 step1_blobs = blobs
             if label in spec.methods:
@@ -117,13 +119,13 @@ def classical_rows(spec, bits, protocol, pixels, step1_blobs, same):
 
 def run(spec):
     """The rows of every method at every width; writes results/table2.md and .csv."""
-    cfg = D.config(spec.dataset, spec.scale)
-    bits_list = list(spec.bits or cfg["bits"])
+    bits_list = list(spec.bits or D.config(spec.dataset, spec.scale)["bits"])
     out = os.path.abspath(spec.out or os.path.join(ROOT, "runs", f"compare-{spec.dataset}-{spec.scale}"))
     data = os.path.abspath(spec.data or os.path.join(out, "data"))
     if not spec.data:
         build(dataclasses.replace(spec.build, out=data))
     manifest = load_manifest(data)
+    cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))
     protocol = manifest["protocol"]
     same = bool(manifest.get("database_is_query"))
     pixels = raw_pixels(data) if spec.baseline_features == "raw" and \
@@ -133,8 +135,8 @@ def run(spec):
         deep, step1_blobs = deep_rows(spec, out, data, bits, protocol, cfg["classes"])
         rows += deep + classical_rows(spec, bits, protocol, pixels, step1_blobs, same)
     rows = sorted(rows, key=lambda r: spec.methods.index(_method_key(r["method"])))
-    rows += report.cited_rows(bits_list, spec.dataset)
-    title = f"{spec.dataset} / {spec.scale} scale / protocol {protocol}: mAP"
+    rows += report.cited_rows(bits_list, spec.dataset, protocol)
+    title = f"{report.dataset_name(manifest)} / {spec.scale} scale / protocol {protocol}: mAP"
     text = report.method_table(rows, bits_list, title)
     report.write_table(os.path.join(out, "results", "table2.md"), text, rows)
     print(text)
@@ -147,8 +149,8 @@ def _method_key(name):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits", choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", default="digits", choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--methods", nargs="+", default=list(CompareSpec.methods),
                     choices=DEEP + ONE_STEP + CLASSICAL)
     ap.add_argument("--bits", type=int, nargs="+")
@@ -156,7 +158,8 @@ def main(argv=None):
                     help="what LSH/ITQ/SDH hash: raw pixels, or the step-1 net's latent features")
     ap.add_argument("--data", help="an existing data_prep folder")
     ap.add_argument("--archive")
-    ap.add_argument("--root")
+    ap.add_argument("--root", help="In-shop folder; images: class folders, or train/ + test/ of them")
+    add_image_source_arguments(ap)
     ap.add_argument("--protocol")
     ap.add_argument("--weights")
     ap.add_argument("--epochs", type=int, nargs=2, default=list(D.PAPER_TRAINING["epochs"]))
@@ -166,7 +169,7 @@ def main(argv=None):
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     data = BuildSpec(dataset=a.dataset, out="", archive=a.archive, root=a.root, protocol=a.protocol,
-                     seed=a.data_seed, epochs=sum(a.epochs))
+                     seed=a.data_seed, epochs=sum(a.epochs), **image_source_fields(a))
     spec = CompareSpec(dataset=a.dataset, scale=a.scale, methods=tuple(a.methods),
                        bits=tuple(a.bits) if a.bits else None, baseline_features=a.baseline_features,
                        out=a.out, data=a.data, build=data, weights=a.weights, epochs=tuple(a.epochs),

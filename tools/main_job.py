@@ -4,6 +4,7 @@
     python -m tools.main_job                                   # digits (embedded), 12/24/48 bits
     python -m tools.main_job --dataset cifar10 --archive cifar-10-binary.tar.gz --protocol dsh
     python -m tools.main_job --dataset inshop --root In-shop --scale paper --weights alexnet.caffemodel
+    python -m tools.main_job --dataset images --root DIR     # DIR/<class>/*, or DIR/train/ + DIR/test/
 
 Writes under --out (default runs/main-<dataset>-<scale>): data/ (unless --data), one run folder
 per code length (tools/pipeline/training.py), blobs/ and eval/ per step, and results/:
@@ -20,12 +21,13 @@ import sys
 import time
 from typing import Optional, Tuple
 
-from data_prep.build import BuildSpec, build, parse_resize
+from data_prep.build import (BuildSpec, add_image_source_arguments, build, image_source_fields,
+                             parse_resize)
 from prototxt import description as D
 from tools.pipeline import evaluation, report
 from tools.pipeline.errors import run_command
 from tools.pipeline.models import score, train_models
-from tools.pipeline.training import TrainSpec, load_manifest
+from tools.pipeline.training import TrainSpec, load_manifest, tqn_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,9 @@ class JobSpec:
     iters: Optional[Tuple[int, int]] = None
     batch_triplets: int = D.PAPER_TRAINING["batch_triplets"]
     seed: int = 1
+    tqn: Tuple[Tuple[str, float], ...] = ()    # TQN overrides (images: e.g. alpha_d)
     quiet: bool = False
+    verbose: bool = False
 
     def out_dir(self):
         return os.path.abspath(self.out or os.path.join(ROOT, "runs", f"main-{self.dataset}-{self.scale}"))
@@ -59,7 +63,7 @@ class JobSpec:
         return TrainSpec(data=self.data_dir(), dataset=self.dataset, scale=self.scale, bits=bits,
                          out=out, method=method, weights=self.weights, seed=self.seed,
                          epochs=self.epochs, iters=self.iters, batch_triplets=self.batch_triplets,
-                         quiet=self.quiet)
+                         tqn=dict(self.tqn), quiet=self.quiet, verbose=self.verbose)
 
 
 def say(text):
@@ -77,11 +81,12 @@ def run(spec):
     """Trains, extracts and evaluates both steps at every width; writes results/; returns the
     summary."""
     start = time.monotonic()
-    cfg = D.config(spec.dataset, spec.scale)
     out, data = spec.out_dir(), spec.data_dir()
     os.makedirs(out, exist_ok=True)
     say(f"data: {spec.dataset} -> {data}")
-    protocol = prepare_data(spec).get("protocol")
+    manifest = prepare_data(spec)
+    protocol = manifest.get("protocol")
+    cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))
     results, runs = {}, {}
     for bits in spec.bits_list():
         runs[bits] = os.path.join(out, f"{bits}bits")
@@ -92,7 +97,7 @@ def run(spec):
             _, results[bits][step] = score(models[label], data,
                                            os.path.join(runs[bits], "blobs", f"step{step}"),
                                            os.path.join(runs[bits], "eval", f"step{step}"),
-                                           cfg["classes"])
+                                           cfg["classes"], verbose=spec.verbose)
             say(f"{bits} bits, step {step} ({'triplet' if step == 1 else 'TQN'}):\n"
                 + evaluation.summary(results[bits][step]))
     return write_results(spec, results, runs, protocol, time.monotonic() - start)
@@ -101,15 +106,16 @@ def run(spec):
 def write_results(spec, results, runs, protocol, seconds):
     results_dir = os.path.join(spec.out_dir(), "results")
     bits_list = spec.bits_list()
-    md, csv_rows = report.table3(results, bits_list, spec.dataset, protocol)
-    title = f"{spec.dataset} / {spec.scale} scale / protocol {protocol}"
+    manifest = load_manifest(spec.data_dir())
+    name = report.dataset_name(manifest)
+    md, csv_rows = report.table3(results, bits_list, spec.dataset, protocol, name=name)
+    title = f"{name} / {spec.scale} scale / protocol {protocol}"
     report.write_table(os.path.join(results_dir, "table3.md"), f"# {title}\n\n{md}\n", csv_rows)
     report.plot_losses(runs, results_dir, title)
     report.plot_pr_curves(results, os.path.join(results_dir, "pr_curves.png"), title)
     warnings = {f"{b} bits step {s}": results[b][s]["collapse_warnings"]
                 for b in bits_list for s in (1, 2) if results[b][s]["collapse_warnings"]}
-    manifest = load_manifest(spec.data_dir())
-    summary = dict(dataset=spec.dataset, scale=spec.scale, protocol=protocol, bits=bits_list,
+    summary = dict(dataset=spec.dataset, dataset_name=name, scale=spec.scale, protocol=protocol, bits=bits_list,
                    seconds=round(seconds, 1), table=csv_rows, warnings=warnings,
                    data_seed=manifest.get("seed"), triplet_seed=manifest.get("triplets", {}).get("seed"),
                    solver_seed=spec.seed)
@@ -124,10 +130,14 @@ def write_results(spec, results, runs, protocol, seconds):
 
 def parser():
     ap = argparse.ArgumentParser(prog="python -m tools.main_job", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits", choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", default="digits", choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--archive", help="CIFAR-10 archive (binary or python) or folder")
-    ap.add_argument("--root", help="In-shop folder (Eval/, Img/) or an image folder")
+    ap.add_argument("--root", help="In-shop folder (Eval/, Img/); images: a folder of class folders, "
+                                   "or of train/ and test/ (or train/, query/, database/) class folders")
+    add_image_source_arguments(ap)
+    ap.add_argument("--tqn", nargs="*", type=tqn_override, default=[], metavar="NAME=VALUE",
+                    help="a TQN parameter (e.g. alpha_d=5.0; default: Table I by number of classes)")
     ap.add_argument("--protocol", help="split protocol (data_prep; e.g. dsh, cifar10-2)")
     ap.add_argument("--resize", type=parse_resize, help="data_prep: HxW, resize every image")
     ap.add_argument("--singletons", choices=("error", "negatives"), default="error",
@@ -141,7 +151,9 @@ def parser():
     ap.add_argument("--seed", type=int, default=1, help="Caffe's solver seed (step 2: +1)")
     ap.add_argument("--data-seed", type=int, default=0, help="split and triplet seed")
     ap.add_argument("--out", help="output folder (default runs/main-<dataset>-<scale>)")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines (results only)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="Caffe's own log on the console too (it always goes to the run's logs)")
     return ap
 
 
@@ -149,11 +161,12 @@ def main(argv=None):
     a = parser().parse_args(argv)
     data = BuildSpec(dataset=a.dataset, out="", archive=a.archive, root=a.root, protocol=a.protocol,
                      seed=a.data_seed, epochs=sum(a.epochs), batch_triplets=a.batch_triplets,
-                     resize=a.resize, singletons=a.singletons, quiet=a.quiet)
+                     resize=a.resize, singletons=a.singletons, quiet=a.quiet, **image_source_fields(a))
     spec = JobSpec(dataset=a.dataset, scale=a.scale, out=a.out, data=a.data,
                    build=data, bits=tuple(a.bits) if a.bits else None,
                    weights=a.weights, epochs=tuple(a.epochs), iters=tuple(a.iters) if a.iters else None,
-                   batch_triplets=a.batch_triplets, seed=a.seed, quiet=a.quiet)
+                   batch_triplets=a.batch_triplets, seed=a.seed, tqn=tuple(a.tqn), quiet=a.quiet,
+                   verbose=a.verbose)
     return run_command("main_job", lambda: run(spec))
 
 

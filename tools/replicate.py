@@ -317,7 +317,7 @@ def write_tables(setting, methods, rows, evals, runs, choices):
     for p in R["protocols"]:
         if artefact in ("table2", "all"):
             path = os.path.join(setting.results, f"table2_{p}.md")
-            table = rows[p] + report.cited_rows(bits, R["dataset"])
+            table = rows[p] + report.cited_rows(bits, R["dataset"], p)
             report.write_table(path, report.method_table(table, bits, title(setting, p)), table)
             tables[f"table2_{p}"] = rows[p]
         if artefact in ("table3", "all") and {"triplet", "tqn"} <= set(methods):

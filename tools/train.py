@@ -18,8 +18,8 @@ from tools.pipeline.training import TrainSpec, method_param, tqn_override, train
 def parser():
     ap = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a data_prep output folder (dataset.json)")
-    ap.add_argument("--dataset", required=True, choices=sorted({d for d, _ in D.CONFIGS}))
-    ap.add_argument("--scale", default="cpu", choices=sorted({s for _, s in D.CONFIGS}))
+    ap.add_argument("--dataset", required=True, choices=D.datasets())
+    ap.add_argument("--scale", default="cpu", choices=D.scales())
     ap.add_argument("--bits", type=int, required=True)
     ap.add_argument("--out", required=True, help="the run folder")
     ap.add_argument("--method", default="tqn", choices=sorted(D.METHODS),
@@ -43,6 +43,7 @@ def parser():
     ap.add_argument("--force", action="store_true", help="train over a run with other parameters")
     ap.add_argument("--gpu", help="GPU id(s), passed to caffe train -gpu (a CUDA build is needed)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="Caffe's own log on the console too")
     return ap
 
 
@@ -54,7 +55,8 @@ def main(argv=None):
                      base_lr=tuple(a.base_lr) if a.base_lr else None,
                      batch_triplets=a.batch_triplets, snapshots=a.snapshots, tqn=dict(a.tqn),
                      method_params=dict(a.method_param), allow_any_bits=a.allow_any_bits,
-                     force=a.force, gpu=a.gpu, quiet=a.quiet)
+                     force=a.force, gpu=a.gpu, quiet=a.quiet,
+                     verbose=a.verbose)
     return run_command("train", lambda: train(spec))
 
 

@@ -4,10 +4,12 @@ in a file and a progress line on the console every 10 %.
 Caffe's own log (glog at INFO: the net's set-up, every displayed iteration) is a product of the
 run and goes to the log file only; the console gets the progress lines.
 """
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 from data_prep.errors import Interrupted
@@ -39,10 +41,47 @@ def git_commit():
 ITERATION = re.compile(r"\] Iteration (\d+).*loss = (\S+)")
 
 
-def run_caffe(cmd, log_path, iters, label, quiet=False):
+def progress_line(label, done, total, seconds, extra=""):
+    """`label: done/total (p %), rate it/s, time left`: the one progress line format of a runner."""
+    rate = done / seconds if seconds > 0 else 0.0
+    left = (total - done) / rate if rate > 0 else 0.0
+    return (f"  {label}: {done}/{total} ({100 * done / max(total, 1):.0f} %){extra}, "
+            f"{rate:.0f} it/s, {seconds:.0f} s, {left:.0f} s left")
+
+
+@contextlib.contextmanager
+def output_to_log(log_path, verbose=False):
+    """Sends this process's stdout and stderr (file descriptors 1 and 2: pycaffe's glog lines,
+    the nets it prints) to `log_path` (appended) for the duration; with verbose=True the console
+    keeps them. Python's own prints inside are sent there too."""
+    if verbose:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_path, "a") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
+def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False):
     """Runs a `caffe train` command, appending its log to `log_path` and printing progress
-    every 10 % of `iters`; returns the wall seconds. A failure is a CaffeError quoting the
-    log's last lines; Ctrl-C lets caffe snapshot and stop, then raises data_prep's Interrupted."""
+    every 10 % of `iters` (with rate and time left); verbose=True echoes every log line to the
+    console too; returns the wall seconds. A failure is a CaffeError quoting the log's last
+    lines; Ctrl-C lets caffe snapshot and stop, then raises data_prep's Interrupted."""
     env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")  # the log is a product
     next_report = 0.1
     start = time.monotonic()
@@ -53,10 +92,12 @@ def run_caffe(cmd, log_path, iters, label, quiet=False):
         try:
             for line in proc.stdout:
                 log.write(line)
+                if verbose:
+                    print(line, end="", flush=True)
                 m = ITERATION.search(line)
                 if m and not quiet and int(m.group(1)) >= next_report * iters:
-                    print(f"  {label}: iteration {m.group(1)}/{iters}, loss {m.group(2)}, "
-                          f"{time.monotonic() - start:.0f} s", flush=True)
+                    print(progress_line(label, int(m.group(1)), iters, time.monotonic() - start,
+                                        f", loss {m.group(2)}"), flush=True)
                     while next_report * iters <= int(m.group(1)):
                         next_report += 0.1
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from data_prep.outputs import sha256_file
 from prototxt import description as D
 from prototxt import generate as G
 from tools.pipeline import blobs as B
+from tools.pipeline.caffe import output_to_log
 from tools.pipeline.errors import PipelineError
 from tools.pipeline.training import load_manifest
 
@@ -38,6 +40,11 @@ class ExtractSpec:
     scale: str = "cpu"
     method: str = "tqn"
     batch: int = 100
+    log: Optional[str] = None       # Caffe's own log (default: <out>.log beside the blobs)
+    verbose: bool = False           # Caffe's own log on the console instead
+
+    def log_path(self):
+        return os.path.abspath(self.log or os.path.abspath(self.out).rstrip(os.sep) + ".log")
 
 
 def feature_dims(method, bits):
@@ -47,8 +54,8 @@ def feature_dims(method, bits):
 def extract_set(spec, lmdb_path, count, mean_file, workdir):
     """Runs the extraction net over `count` rows of `lmdb_path`: (features, labels, codebooks);
     codebooks is None except for DQN."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # before pycaffe starts glog: errors only
-    import caffe
+    import caffe  # its glog may already be set up (data_prep imports caffe.proto): the log
+    # lines are kept out of the console by output_to_log, not by GLOG_minloglevel
     caffe.set_mode_cpu()
     net_path = os.path.join(workdir, "extract.prototxt")
     with open(net_path, "w") as f:
@@ -98,7 +105,9 @@ def extract(spec):
             if s == "database" and same:
                 sets[s] = "query"
                 continue
-            feats, labels, codebooks = extract_set(spec, lmdbs[s], manifest["counts"][s], mean, work)
+            with output_to_log(spec.log_path(), spec.verbose):
+                feats, labels, codebooks = extract_set(spec, lmdbs[s], manifest["counts"][s], mean,
+                                                       work)
             sets[s] = (feats, labels)
     threshold = D.method(spec.method)["code_threshold"]
     meta = dict(method=spec.method, bits=spec.bits, feature_dims=feature_dims(spec.method, spec.bits),

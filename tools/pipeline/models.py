@@ -71,10 +71,11 @@ def train_models(spec, labels=None):
     return out
 
 
-def score(model, data, blobs_dir, eval_dir, num_classes=None):
-    """Extracts `model` over the data set `data` into blobs_dir and evaluates it into eval_dir:
-    (the blobs' meta.json, the evaluation)."""
+def score(model, data, blobs_dir, eval_dir, num_classes=None, verbose=False):
+    """Extracts `model` over the data set `data` into blobs_dir (Caffe's log: blobs_dir.log, or
+    the console with verbose=True) and evaluates it into eval_dir: (the blobs' meta.json, the
+    evaluation)."""
     meta = extraction.extract(extraction.ExtractSpec(
         data=data, dataset=model.dataset, scale=model.scale, bits=model.bits, weights=model.weights,
-        out=blobs_dir, method=model.method))
+        out=blobs_dir, method=model.method, verbose=verbose))
     return meta, evaluation.evaluate(blobs_dir, out=eval_dir, num_classes=num_classes)

@@ -71,6 +71,7 @@ class TrainSpec:
     force: bool = False           # train over a run with other parameters
     gpu: Optional[str] = None     # GPU id(s), passed to caffe train -gpu (a CUDA build)
     quiet: bool = False
+    verbose: bool = False      # Caffe's own log on the console too (it always goes to logs/)
 
 
 def tqn_override(item):
@@ -139,7 +140,10 @@ def latest_state(run, step, iters, say=print):
 
 def plan(spec, manifest):
     """Every parameter of the run's steps, as recorded in params.json."""
-    cfg = D.config(spec.dataset, spec.scale)
+    classes = manifest.get("classes")
+    if spec.dataset == D.IMAGES and manifest.get("dataset") != D.IMAGES:
+        raise TrainError(f"{spec.data} holds a {manifest.get('dataset')} build, not --dataset images")
+    cfg = D.config(spec.dataset, spec.scale, classes)
     overrides = dict(spec.method_params)
     if spec.method == "tqn" and overrides:
         raise TrainError("--method-param applies to dsh, dnnh and dqn; TQN's are --tqn")
@@ -160,7 +164,11 @@ def plan(spec, manifest):
     else:
         iters = [D.iterations(e, n_train, bs) for e in spec.epochs]
     lrs = list(spec.base_lr) if spec.base_lr else list(cfg["base_lr"])
-    tqn = dict(D.tqn_parameters(spec.dataset, spec.scale, spec.bits), **spec.tqn)
+    try:
+        tqn = dict(D.tqn_parameters(spec.dataset, spec.scale, spec.bits, classes,
+                                    alpha_d_value=spec.tqn.get("alpha_d")), **spec.tqn)
+    except (KeyError, ValueError) as e:
+        raise TrainError(f"{e.args[0]}; give alpha_d with --tqn alpha_d=VALUE") from None
     if spec.method != "tqn":
         if spec.tqn:
             raise TrainError(f"--tqn applies to method tqn, not {spec.method}")
@@ -257,7 +265,7 @@ def train(spec):
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
         try:
             seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
-                                f"step {step}", spec.quiet)
+                                f"step {step}", spec.quiet, spec.verbose)
         except Interrupted:
             raise Interrupted(stopped_message(run, step, iters)) from None
         problem = S.model_problem(model) if os.path.exists(model) else "missing"
