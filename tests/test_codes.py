@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from tools.hashing import native
 from tools.hashing.codes import (binarize, code_health, collapse_warnings, hamming, hamming_chunks,
-                         pack_bits, to_words, unpack_bits)
+                         pack_bits, popcount, to_words, unpack_bits)
 
 WIDTHS = list(range(1, 71)) + [72, 96, 100, 127, 128, 129, 191, 192, 193, 200, 255, 256, 300]
 
@@ -66,7 +67,8 @@ def test_to_words_from_bits_and_packed_agree_and_pad_is_zero(nbits):
     assert words.dtype == np.uint64 and words.shape == (6, math.ceil(nbits / 64))
     np.testing.assert_array_equal(words, to_words(pack_bits(bits), nbits))
     # every set bit of the words is a code bit: popcount of the words = number of ones
-    np.testing.assert_array_equal(np.bitwise_count(words).sum(axis=1), bits.sum(axis=1))
+    np.testing.assert_array_equal(popcount(words, np.empty(words.shape, np.uint8)).sum(axis=1),
+                                  bits.sum(axis=1))
 
 
 @pytest.mark.parametrize("nbits", [1, 3, 7, 9, 12, 63, 65, 100, 255])
@@ -101,6 +103,29 @@ def test_hamming_matches_bitwise_reference(nbits):
     np.testing.assert_array_equal(dist, reference_hamming(q_bits, db_bits))
     assert dist[0, 9] == 0 and dist[2, 11] == nbits  # a copy and a complement
     assert np.issubdtype(dist.dtype, np.unsignedinteger)
+
+
+@pytest.mark.parametrize("bitwise_count", [True, False])
+@pytest.mark.parametrize("nbits", [1, 8, 63, 64, 65, 128, 129, 200])
+def test_numpy_hamming_with_and_without_bitwise_count(nbits, bitwise_count, monkeypatch):
+    """The numpy fallback (C kernels off) on numpy >= 2.0 (np.bitwise_count) and as on numpy
+    1.26, which tools/requirements.txt allows and which has no bitwise_count (taken away here:
+    the byte lookup table runs)."""
+    if not bitwise_count:
+        monkeypatch.delattr(np, "bitwise_count", raising=False)
+    elif not hasattr(np, "bitwise_count"):
+        pytest.skip("this numpy has no bitwise_count")
+    rng = np.random.default_rng(3000 + nbits)
+    q_bits, db_bits = random_bits(rng, 5, nbits), random_bits(rng, 11, nbits)
+    with native.disabled():
+        dist = hamming(to_words(q_bits, nbits), to_words(db_bits, nbits))
+    np.testing.assert_array_equal(dist, reference_hamming(q_bits, db_bits))
+    words = rng.integers(0, 2**64, (3, 7), dtype=np.uint64, endpoint=False)
+    words[0, :3] = [0, 2**64 - 1, 1 << 63]
+    out = np.empty(words.shape, dtype=np.uint8)
+    popcount(words[:, 1:6], out=out[:, 1:6])  # non-contiguous input and output
+    np.testing.assert_array_equal(out[:, 1:6], [[bin(int(w)).count("1") for w in row]
+                                                 for row in words[:, 1:6]])
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 5, 13, 100])

@@ -80,13 +80,16 @@ def tied_problem(nbits, nq, ndb, seed, n_labels=4):
     return q_bits, q_labels, db_bits, db_labels
 
 
-@pytest.fixture(params=["native", "numpy", "generic"])
+@pytest.fixture(params=["native", "numpy", "numpy-1.26", "generic"])
 def backend(request):
-    """Runs a test with the C kernels, with the pure-numpy fallback, and with the portable
-    C variant (no POPCNT instruction, as on non-x86 machines)."""
-    if request.param == "numpy":
+    """Runs a test with the C kernels, with the pure-numpy fallback (also as on numpy 1.26,
+    which has no np.bitwise_count: the byte lookup table of tools.hashing.codes.popcount),
+    and with the portable C variant (no POPCNT instruction, as on non-x86 machines)."""
+    if request.param.startswith("numpy"):
+        if request.param == "numpy-1.26":
+            request.getfixturevalue("monkeypatch").delattr(np, "bitwise_count", raising=False)
         with _native.disabled():
-            yield "numpy"
+            yield request.param
         return
     if _native.lib() is None:
         pytest.skip(f"C kernels unavailable: {_native.status()['reason']}")
@@ -292,6 +295,25 @@ def test_threads_do_not_change_results(threads):
                           chunk=50, threads=threads)
     assert same == evaluate_codes(db_bits, db_labels, db_bits, db_labels, nbits,
                                   exclude_self=True, chunk=50)
+
+
+def test_tqn_native_0_runs_the_numpy_fallback_without_bitwise_count(monkeypatch):
+    """TQN_NATIVE=0 with numpy 1.26 (no np.bitwise_count; taken away here): evaluate_codes runs
+    the numpy path and gives what the C scan (or numpy's bitwise_count) gives."""
+    nbits = 37
+    q_bits, q_labels, db_bits, db_labels = tied_problem(nbits, 9, 300, seed=5)
+    reference = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=4)
+    dist = hamming(to_words(q_bits, nbits), to_words(db_bits, nbits))
+    monkeypatch.setenv("TQN_NATIVE", "0")
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert _native.lib() is None and _native.status()["reason"] == "disabled by TQN_NATIVE=0"
+    assert not hasattr(np, "bitwise_count")
+    fallback = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=4)
+    assert fallback.keys() == reference.keys()
+    for key, value in reference.items():
+        assert fallback[key] == pytest.approx(value, abs=1e-14), key
+    np.testing.assert_array_equal(hamming(to_words(q_bits, nbits), to_words(db_bits, nbits)),
+                                  dist)
 
 
 def test_native_status_and_disabled_switch():

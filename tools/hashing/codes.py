@@ -10,8 +10,9 @@ Three forms of the same codes are used:
   never add Hamming distance, whatever the width.
 
 Hamming distances run in the C kernel of native.c when a C compiler is available
-(built on first use, see native.py), else in numpy (XOR + np.bitwise_count on blocks
-small enough to stay in cache); both give the same distances.
+(built on first use, see native.py), else in numpy (XOR + a popcount on blocks small enough
+to stay in cache: np.bitwise_count on numpy >= 2.0, a byte lookup table on numpy 1.26, which
+tools/requirements.txt allows and which has no bitwise_count); all give the same distances.
 
 `code_health` and `collapse_warnings` watch for the usual failure of hashing losses:
 codes collapsing onto a few values, or bits that never change.
@@ -31,6 +32,7 @@ __all__ = [
     "collapse_warnings",
     "check_packed",
     "check_words",
+    "popcount",
 ]
 
 # numpy Hamming path: about this many (query, item) pairs per block of uint64 temporaries
@@ -85,7 +87,7 @@ def to_words(codes, nbits):
 
 
 def hamming(q_words, db_words):
-    """Hamming distances [nq, ndb] between word codes (XOR + np.bitwise_count).
+    """Hamming distances [nq, ndb] between word codes (XOR + popcount).
 
     The dtype is the smallest unsigned integer holding 64 * nwords (uint8 up to 192
     bits, then uint16), which keeps a stable argsort of a distance row a radix sort.
@@ -116,11 +118,28 @@ def _hamming_numpy(q_words, db_words, out):
             for w in range(nwords):
                 np.bitwise_xor(q_words[r0:r1, w, None], db_t[w, None, c0:c1], out=x)
                 if w == 0:
-                    np.bitwise_count(x, out=o)
+                    popcount(x, out=o)
                 else:
-                    np.bitwise_count(x, out=c)
+                    popcount(x, out=c)
                     o += c
     return out
+
+
+# popcount of every byte value, for numpy without np.bitwise_count (< 2.0)
+_BYTE_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+
+
+def popcount(words, out):
+    """Set bits of each uint64 of `words` into `out` (an unsigned integer array of the same
+    shape): np.bitwise_count where numpy has it (>= 2.0), else the sum of a byte lookup table
+    over the 8 bytes of each word (numpy 1.26). Looked up at each call, so a test can take
+    bitwise_count away."""
+    count = getattr(np, "bitwise_count", None)
+    if count is not None:
+        return count(words, out=out)
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    per_byte = _BYTE_POPCOUNT[words.view(np.uint8).reshape(words.shape + (8,))]
+    return np.sum(per_byte, axis=-1, dtype=out.dtype, out=out)
 
 
 def hamming_chunks(q_words, db_words, chunk_rows):
