@@ -7,7 +7,8 @@ import pytest
 
 from tools.hashing import native
 from tools.hashing.codes import (binarize, code_health, collapse_warnings, hamming, hamming_chunks,
-                         pack_bits, popcount, to_words, unpack_bits)
+                         check_pad_bits, pack_bits, padding_error, popcount, to_words,
+                                 unpack_bits)
 
 WIDTHS = list(range(1, 71)) + [72, 96, 100, 127, 128, 129, 191, 192, 193, 200, 255, 256, 300]
 
@@ -72,17 +73,37 @@ def test_to_words_from_bits_and_packed_agree_and_pad_is_zero(nbits):
 
 
 @pytest.mark.parametrize("nbits", [1, 3, 7, 9, 12, 63, 65, 100, 255])
-def test_to_words_clears_stray_pad_bits_of_packed_codes(nbits):
+def test_packed_codes_with_pad_bits_set_are_refused(nbits):
+    """A pad bit set means the codes are wider than nbits: an error naming both widths, never
+    cleared silently (that would change the distances)."""
     rng = np.random.default_rng(nbits)
     bits = random_bits(rng, 4, nbits)
     packed = pack_bits(bits)
+    np.testing.assert_array_equal(unpack_bits(packed, nbits), bits)  # clean codes pass
+    if nbits % 8 == 0:
+        return
     dirty = packed.copy()
-    dirty[:, -1] |= np.uint8(0xFF >> (nbits % 8)) if nbits % 8 else np.uint8(0)
-    if nbits % 8:
-        assert not np.array_equal(dirty, packed)
-    np.testing.assert_array_equal(to_words(dirty, nbits), to_words(packed, nbits))
-    np.testing.assert_array_equal(hamming(to_words(dirty, nbits), to_words(bits, nbits)),
-                                  reference_hamming(bits, bits))
+    dirty[2, -1] |= np.uint8(1 << (8 - nbits % 8 - 1))  # bit nbits: codes of nbits + 1 bits
+    message = f"row 2 sets bits beyond bit {nbits - 1}.*at least {nbits + 1} bits wide, " \
+              f"not the {nbits} bits given"
+    for call in (lambda: to_words(dirty, nbits), lambda: unpack_bits(dirty, nbits),
+                 lambda: check_pad_bits(dirty, nbits)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    dirty[0, -1] |= np.uint8(1)  # the last bit of the last byte: the widest
+    assert padding_error(dirty, nbits, "x.npy").startswith("x.npy: row 0 and 1 more rows set")
+    assert f"at least {8 * len(dirty[0])} bits wide" in padding_error(dirty, nbits)
+
+
+@pytest.mark.parametrize("packed_as, given", [(12, 11), (12, 9), (20, 17)])
+def test_codes_evaluated_narrower_than_packed_name_both_widths(packed_as, given):
+    rng = np.random.default_rng(packed_as + given)
+    bits = random_bits(rng, 30, packed_as)
+    bits[5, packed_as - 1] = True  # the widest bit is set somewhere
+    packed = pack_bits(bits)
+    with pytest.raises(ValueError, match=f"at least {packed_as} bits wide, not the {given} bits"):
+        to_words(packed, given)
+    assert padding_error(packed, packed_as) is None
 
 
 def test_to_words_refuses_ambiguous_input():

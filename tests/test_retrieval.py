@@ -558,6 +558,34 @@ def test_cli_build_and_query(tmp_path, capsys, database_is_query, faiss):
                                                         pack_bits(db_bits), nbits, 3)[1][0].tolist()
 
 
+@pytest.mark.parametrize("given", [11, 9])
+def test_cli_refuses_codes_wider_than_the_bits_recorded(tmp_path, capsys, given, faiss):
+    """12-bit codes whose meta.json (or index.json) says 11 or 9 bits: exit status 2 and an
+    error naming the file and both widths, from build, from query and from the index."""
+    q_bits, q_labels, db_bits, db_labels = tied_problem(12, 6, 40, seed=3)
+    db_bits[7, 11] = q_bits[0, 11] = True
+    blobs = tmp_path / "blobs"
+    write_blobs(blobs, q_bits, q_labels, db_bits, db_labels, 12, False)
+    assert RT_CLI.main(["build", str(blobs), "--out", str(tmp_path / "index")]) == 0
+    (blobs / "meta.json").write_text(json.dumps(dict(bits=given, feature_dims=12)))
+    capsys.readouterr()
+    assert RT_CLI.main(["build", str(blobs), "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert f"{blobs / 'query' / 'codes.npy'}: row 0 " in err
+    assert f" bits beyond bit {given - 1} (pad bits for {given}-bit codes)" in err
+    assert f"at least 12 bits wide, not the {given} bits of meta.json" in err
+    assert not (tmp_path / "other").exists()
+    info = json.loads((tmp_path / "index" / "index.json").read_text())
+    (tmp_path / "index" / "index.json").write_text(json.dumps(dict(info, bits=given)))
+    for engine in ([], ["--exact"]):
+        assert RT_CLI.main(["query", str(tmp_path / "index"), "--code", "0" * given,
+                            *engine]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'index' / 'codes.npy'}: row " in err
+        assert f" bits beyond bit {given - 1} (pad bits for {given}-bit codes)" in err
+        assert f"at least 12 bits wide, not the {given} bits of index.json" in err
+
+
 def test_cli_errors(tmp_path, capsys):
     assert RT_CLI.main(["query", str(tmp_path / "missing"), "--code", "0101"]) == 2
     assert "no index.json" in capsys.readouterr().err
@@ -565,5 +593,8 @@ def test_cli_errors(tmp_path, capsys):
         RT.parse_code("0102", 4)
     with pytest.raises(RT.RetrievalError):
         RT.parse_code("abc", 12, hex_digits=True)
-    np.testing.assert_array_equal(RT.parse_code("0xfff3", 12, hex_digits=True),
-                                  pack_bits(np.ones((1, 12), bool)))  # pad bits cleared
+    np.testing.assert_array_equal(RT.parse_code("0xfff0", 12, hex_digits=True),
+                                  pack_bits(np.ones((1, 12), bool)))
+    with pytest.raises(RT.RetrievalError, match="hex code fff3: row 0 sets bits beyond bit 11"
+                                                ".*at least 16 bits wide, not the 12 bits"):
+        RT.parse_code("0xfff3", 12, hex_digits=True)

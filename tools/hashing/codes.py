@@ -9,6 +9,12 @@ Three forms of the same codes are used:
   64-bit words, for XOR + popcount. Every pad bit is zero in every code, so pad bits
   never add Hamming distance, whatever the width.
 
+Packed codes with a pad bit set are refused (`check_pad_bits`, called by `to_words`,
+`unpack_bits` and every reader of packed codes): such codes are wider than the nbits given
+(12-bit codes evaluated as 11 or 9 bits), and clearing the extra bits would silently change
+the distances and the metrics. The error names both widths: nbits, and the least width
+holding every set bit.
+
 Hamming distances run in the C kernel of native.c when a C compiler is available
 (built on first use, see native.py), else in numpy (XOR + a popcount on blocks small enough
 to stay in cache: np.bitwise_count on numpy >= 2.0, a byte lookup table on numpy 1.26, which
@@ -31,6 +37,8 @@ __all__ = [
     "code_health",
     "collapse_warnings",
     "check_packed",
+    "check_pad_bits",
+    "padding_error",
     "check_words",
     "popcount",
 ]
@@ -56,8 +64,9 @@ def pack_bits(bits):
 
 
 def unpack_bits(packed, nbits):
-    """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]."""
-    packed = check_packed(packed, nbits)
+    """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]; ValueError when
+    a pad bit is set (`check_pad_bits`)."""
+    packed = check_pad_bits(check_packed(packed, nbits), nbits)
     return np.unpackbits(packed, axis=1, count=nbits, bitorder="big").astype(bool)
 
 
@@ -65,9 +74,9 @@ def to_words(codes, nbits):
     """uint64 [n, ceil(nbits / 64)] words of bool bits [n, nbits] or packed uint8 codes.
 
     The dtype tells the two inputs apart: bool means bits, uint8 means packed (any other
-    dtype is refused, so a 0/1 integer array is never mistaken for packed bytes). Pad
-    bits of packed input are cleared, so a stray pad bit read from disk cannot add
-    distance.
+    dtype is refused, so a 0/1 integer array is never mistaken for packed bytes). Packed
+    input with a pad bit set is a ValueError naming both widths (`check_pad_bits`): the
+    codes are wider than nbits.
     """
     codes = _as_2d(codes, "codes")
     if codes.dtype == np.bool_:
@@ -75,9 +84,7 @@ def to_words(codes, nbits):
             raise ValueError(f"bits have {codes.shape[1]} columns, expected nbits={nbits}")
         packed = pack_bits(codes)
     elif codes.dtype == np.uint8:
-        packed = check_packed(codes, nbits).copy()
-        if nbits % 8:
-            packed[:, -1] &= np.uint8((0xFF << (8 - nbits % 8)) & 0xFF)
+        packed = check_pad_bits(check_packed(codes, nbits), nbits)
     else:
         raise TypeError(f"codes must be bool bits or uint8 packed bytes, got {codes.dtype}")
     nwords = -(-nbits // 64)
@@ -250,6 +257,37 @@ def check_packed(packed, nbits):
         raise ValueError(
             f"packed codes have {packed.shape[1]} bytes, expected ceil({nbits} / 8)"
         )
+    return packed
+
+
+_PAD_TODO = "evaluate or search them with the width they were packed with"
+
+
+def padding_error(packed, nbits, source="packed codes", given="given", todo=_PAD_TODO):
+    """None when no pad bit of packed codes uint8 [n, ceil(nbits / 8)] is set, else the message
+    naming `source` (e.g. the file), the first offending row, both widths -- nbits (`given`
+    says where it comes from) and the least width holding every set bit of the codes (they
+    are at least that wide) -- and `todo`."""
+    if nbits % 8 == 0 or len(packed) == 0:
+        return None
+    pad = np.asarray(packed)[:, -1] & np.uint8((1 << (8 - nbits % 8)) - 1)
+    dirty = np.flatnonzero(pad)
+    if dirty.size == 0:
+        return None
+    low = int(np.bitwise_or.reduce(pad[dirty]))
+    lowest = (low & -low).bit_length() - 1  # the lowest set byte bit = the highest code bit
+    width = 8 * (packed.shape[1] - 1) + 8 - lowest
+    rows = f"row {int(dirty[0])}" + (f" and {dirty.size - 1} more rows set" if dirty.size > 1
+                                      else " sets")
+    return (f"{source}: {rows} bits beyond bit {nbits - 1} (pad bits for {nbits}-bit codes): "
+            f"the codes are at least {width} bits wide, not the {nbits} bits {given}; {todo}")
+
+
+def check_pad_bits(packed, nbits, source="packed codes"):
+    """packed, unchanged, when no pad bit is set; else ValueError (`padding_error`)."""
+    message = padding_error(packed, nbits, source)
+    if message:
+        raise ValueError(message)
     return packed
 
 
