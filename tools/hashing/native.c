@@ -381,6 +381,9 @@ int tqn_adc(const float *restrict tables, const void *restrict codes, int64_t nq
  * database transposed, [dim, ndb]. */
 #define TQN_EQB 8
 #define TQN_EDB 512
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 static void euclid_block(const float *q, int64_t nqb, const float *dbt, int64_t ndb, int64_t dim,
                          int64_t j0, int64_t nj, double *out /* [nqb, ndb] */) {
     for (int64_t k = 0; k < dim; k++) {
