@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from tools.hashing import native
 from tools.hashing.codes import (binarize, code_health, collapse_warnings, hamming, hamming_chunks,
-                         pack_bits, to_words, unpack_bits)
+                         check_pad_bits, pack_bits, padding_error, popcount, to_words,
+                                 unpack_bits)
 
 WIDTHS = list(range(1, 71)) + [72, 96, 100, 127, 128, 129, 191, 192, 193, 200, 255, 256, 300]
 
@@ -66,21 +68,42 @@ def test_to_words_from_bits_and_packed_agree_and_pad_is_zero(nbits):
     assert words.dtype == np.uint64 and words.shape == (6, math.ceil(nbits / 64))
     np.testing.assert_array_equal(words, to_words(pack_bits(bits), nbits))
     # every set bit of the words is a code bit: popcount of the words = number of ones
-    np.testing.assert_array_equal(np.bitwise_count(words).sum(axis=1), bits.sum(axis=1))
+    np.testing.assert_array_equal(popcount(words, np.empty(words.shape, np.uint8)).sum(axis=1),
+                                  bits.sum(axis=1))
 
 
 @pytest.mark.parametrize("nbits", [1, 3, 7, 9, 12, 63, 65, 100, 255])
-def test_to_words_clears_stray_pad_bits_of_packed_codes(nbits):
+def test_packed_codes_with_pad_bits_set_are_refused(nbits):
+    """A pad bit set means the codes are wider than nbits: an error naming both widths, never
+    cleared silently (that would change the distances)."""
     rng = np.random.default_rng(nbits)
     bits = random_bits(rng, 4, nbits)
     packed = pack_bits(bits)
+    np.testing.assert_array_equal(unpack_bits(packed, nbits), bits)  # clean codes pass
+    if nbits % 8 == 0:
+        return
     dirty = packed.copy()
-    dirty[:, -1] |= np.uint8(0xFF >> (nbits % 8)) if nbits % 8 else np.uint8(0)
-    if nbits % 8:
-        assert not np.array_equal(dirty, packed)
-    np.testing.assert_array_equal(to_words(dirty, nbits), to_words(packed, nbits))
-    np.testing.assert_array_equal(hamming(to_words(dirty, nbits), to_words(bits, nbits)),
-                                  reference_hamming(bits, bits))
+    dirty[2, -1] |= np.uint8(1 << (8 - nbits % 8 - 1))  # bit nbits: codes of nbits + 1 bits
+    message = f"row 2 sets bits beyond bit {nbits - 1}.*at least {nbits + 1} bits wide, " \
+              f"not the {nbits} bits given"
+    for call in (lambda: to_words(dirty, nbits), lambda: unpack_bits(dirty, nbits),
+                 lambda: check_pad_bits(dirty, nbits)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    dirty[0, -1] |= np.uint8(1)  # the last bit of the last byte: the widest
+    assert padding_error(dirty, nbits, "x.npy").startswith("x.npy: row 0 and 1 more rows set")
+    assert f"at least {8 * len(dirty[0])} bits wide" in padding_error(dirty, nbits)
+
+
+@pytest.mark.parametrize("packed_as, given", [(12, 11), (12, 9), (20, 17)])
+def test_codes_evaluated_narrower_than_packed_name_both_widths(packed_as, given):
+    rng = np.random.default_rng(packed_as + given)
+    bits = random_bits(rng, 30, packed_as)
+    bits[5, packed_as - 1] = True  # the widest bit is set somewhere
+    packed = pack_bits(bits)
+    with pytest.raises(ValueError, match=f"at least {packed_as} bits wide, not the {given} bits"):
+        to_words(packed, given)
+    assert padding_error(packed, packed_as) is None
 
 
 def test_to_words_refuses_ambiguous_input():
@@ -101,6 +124,29 @@ def test_hamming_matches_bitwise_reference(nbits):
     np.testing.assert_array_equal(dist, reference_hamming(q_bits, db_bits))
     assert dist[0, 9] == 0 and dist[2, 11] == nbits  # a copy and a complement
     assert np.issubdtype(dist.dtype, np.unsignedinteger)
+
+
+@pytest.mark.parametrize("bitwise_count", [True, False])
+@pytest.mark.parametrize("nbits", [1, 8, 63, 64, 65, 128, 129, 200])
+def test_numpy_hamming_with_and_without_bitwise_count(nbits, bitwise_count, monkeypatch):
+    """The numpy fallback (C kernels off) on numpy >= 2.0 (np.bitwise_count) and as on numpy
+    1.26, which tools/requirements.txt allows and which has no bitwise_count (taken away here:
+    the byte lookup table runs)."""
+    if not bitwise_count:
+        monkeypatch.delattr(np, "bitwise_count", raising=False)
+    elif not hasattr(np, "bitwise_count"):
+        pytest.skip("this numpy has no bitwise_count")
+    rng = np.random.default_rng(3000 + nbits)
+    q_bits, db_bits = random_bits(rng, 5, nbits), random_bits(rng, 11, nbits)
+    with native.disabled():
+        dist = hamming(to_words(q_bits, nbits), to_words(db_bits, nbits))
+    np.testing.assert_array_equal(dist, reference_hamming(q_bits, db_bits))
+    words = rng.integers(0, 2**64, (3, 7), dtype=np.uint64, endpoint=False)
+    words[0, :3] = [0, 2**64 - 1, 1 << 63]
+    out = np.empty(words.shape, dtype=np.uint8)
+    popcount(words[:, 1:6], out=out[:, 1:6])  # non-contiguous input and output
+    np.testing.assert_array_equal(out[:, 1:6], [[bin(int(w)).count("1") for w in row]
+                                                 for row in words[:, 1:6]])
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 5, 13, 100])

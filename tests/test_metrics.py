@@ -519,3 +519,57 @@ def test_relative_drop():
     np.testing.assert_allclose(relative_drop([0.8, 0.4], [0.4, 0.4]), [0.5, 0.0])
     with pytest.raises(ValueError):
         relative_drop(0.0, 0.1)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_euclidean_exact_ties_by_index_match_brute_force(exclude_self, backend):
+    """Integer-valued float32 features (every distance exact, many exact ties, including
+    mirror images q + e and q - e that |q|^2 - 2q.x + |x|^2 would split): both backends rank
+    by (exact distance, database index), as brute force in integers does."""
+    from tools.hashing import native
+    if backend == "native" and native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng(5)
+    db = rng.integers(-3, 4, (60, 4)).astype(np.float32)
+    db[20:25] = db[3]                     # identical items
+    db_labels = rng.integers(0, 3, 60)
+    if exclude_self:
+        q, q_labels = db, db_labels
+    else:
+        q = rng.integers(-3, 4, (11, 4)).astype(np.float32)
+        db[30], db[31] = q[0] + [1, 2, 0, 0], q[0] - [1, 2, 0, 0]  # mirror images
+        q_labels = rng.integers(0, 4, 11)
+    ks = (1, 3, 10, 59)
+    qi, dbi = q.astype(np.int64), db.astype(np.int64)
+    ranked = []
+    for i in range(len(q)):
+        keep = [j for j in range(len(db)) if not (exclude_self and j == i)]
+        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
+        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j]) for j in keep]))
+    expected = [bf_metrics(r, ks) for r in ranked]
+    from contextlib import nullcontext
+    with (native.disabled() if backend == "numpy" else nullcontext()):
+        out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
+    assert_close(out["ap"], [e["ap"] for e in expected])
+    assert_close(out["map_at_r"], [e["map_at_r"] for e in expected])
+    for k in ks:
+        assert_close(out[f"precision_at_{k}"], [e[f"p{k}"] for e in expected])
+        assert_close(out[f"recall_at_{k}"], [e[f"r{k}"] for e in expected])
+        assert_close(out[f"top{k}"], [e[f"hit{k}"] for e in expected])
+    assert out["queries_without_relevant"] == sum(1 for r in ranked if not any(r))
+
+
+def test_euclidean_native_equals_numpy_on_float_features():
+    from tools.hashing import native
+    if native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng(8)
+    db = rng.random((700, 12)).astype(np.float32)
+    db[100:110] = db[5]
+    q, ql, dbl = rng.random((37, 12)).astype(np.float32), rng.integers(0, 5, 37), rng.integers(0, 5, 700)
+    fast = euclidean_metrics(q, ql, db, dbl, ks=(1, 10, 700))
+    with native.disabled():
+        plain = euclidean_metrics(q, ql, db, dbl, ks=(1, 10, 700))
+    for key in fast:
+        np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-14, err_msg=key)

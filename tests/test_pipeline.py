@@ -132,6 +132,28 @@ def test_main_job_table(tmp_path, digits_data, caffe_build, capsys):
     assert len(summary["table"]) == 8 and summary["solver_seed"] == 1
 
 
+@pytest.mark.parametrize("recorded", [11, 9])
+def test_codes_wider_than_meta_bits_are_refused(tmp_path, capsys, recorded):
+    """12-bit codes under a meta.json of 11 or 9 bits: tools.evaluate exits with status 2 and
+    names the file and both widths (never clears the extra bits as padding)."""
+    from tools import evaluate as evaluate_cli
+    (tmp_path / "query").mkdir()
+    rng = np.random.default_rng(recorded)
+    feats = rng.uniform(0, 1, (40, 12)).astype(np.float32)
+    feats[3, 11] = 0.9
+    np.save(tmp_path / "query" / "features.npy", feats[:, :recorded])
+    np.save(tmp_path / "query" / "codes.npy", C.pack_bits(C.binarize(feats)))
+    np.save(tmp_path / "query" / "labels.npy", np.arange(40) % 3)
+    os.symlink("query", tmp_path / "database")
+    (tmp_path / "meta.json").write_text(json.dumps(dict(bits=recorded, protocol="made",
+                                                        dataset="made", database_is_query=True)))
+    assert evaluate_cli.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate: error: ")
+    assert f"{tmp_path / 'query'}/codes.npy: row" in err and f"beyond bit {recorded - 1}" in err
+    assert f"at least 12 bits wide, not the {recorded} bits of meta.json" in err
+
+
 def test_self_match_include_counts_each_query_itself(tmp_path):
     """With query = database, keeping each query in its own ranking (DSH's convention) puts a
     relevant item at distance 0 for every query, so precision within radius 2 can only rise."""

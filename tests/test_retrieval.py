@@ -80,13 +80,16 @@ def tied_problem(nbits, nq, ndb, seed, n_labels=4):
     return q_bits, q_labels, db_bits, db_labels
 
 
-@pytest.fixture(params=["native", "numpy", "generic"])
+@pytest.fixture(params=["native", "numpy", "numpy-1.26", "generic"])
 def backend(request):
-    """Runs a test with the C kernels, with the pure-numpy fallback, and with the portable
-    C variant (no POPCNT instruction, as on non-x86 machines)."""
-    if request.param == "numpy":
+    """Runs a test with the C kernels, with the pure-numpy fallback (also as on numpy 1.26,
+    which has no np.bitwise_count: the byte lookup table of tools.hashing.codes.popcount),
+    and with the portable C variant (no POPCNT instruction, as on non-x86 machines)."""
+    if request.param.startswith("numpy"):
+        if request.param == "numpy-1.26":
+            request.getfixturevalue("monkeypatch").delattr(np, "bitwise_count", raising=False)
         with _native.disabled():
-            yield "numpy"
+            yield request.param
         return
     if _native.lib() is None:
         pytest.skip(f"C kernels unavailable: {_native.status()['reason']}")
@@ -292,6 +295,25 @@ def test_threads_do_not_change_results(threads):
                           chunk=50, threads=threads)
     assert same == evaluate_codes(db_bits, db_labels, db_bits, db_labels, nbits,
                                   exclude_self=True, chunk=50)
+
+
+def test_tqn_native_0_runs_the_numpy_fallback_without_bitwise_count(monkeypatch):
+    """TQN_NATIVE=0 with numpy 1.26 (no np.bitwise_count; taken away here): evaluate_codes runs
+    the numpy path and gives what the C scan (or numpy's bitwise_count) gives."""
+    nbits = 37
+    q_bits, q_labels, db_bits, db_labels = tied_problem(nbits, 9, 300, seed=5)
+    reference = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=4)
+    dist = hamming(to_words(q_bits, nbits), to_words(db_bits, nbits))
+    monkeypatch.setenv("TQN_NATIVE", "0")
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert _native.lib() is None and _native.status()["reason"] == "disabled by TQN_NATIVE=0"
+    assert not hasattr(np, "bitwise_count")
+    fallback = evaluate_codes(q_bits, q_labels, db_bits, db_labels, nbits, chunk=4)
+    assert fallback.keys() == reference.keys()
+    for key, value in reference.items():
+        assert fallback[key] == pytest.approx(value, abs=1e-14), key
+    np.testing.assert_array_equal(hamming(to_words(q_bits, nbits), to_words(db_bits, nbits)),
+                                  dist)
 
 
 def test_native_status_and_disabled_switch():
@@ -536,6 +558,34 @@ def test_cli_build_and_query(tmp_path, capsys, database_is_query, faiss):
                                                         pack_bits(db_bits), nbits, 3)[1][0].tolist()
 
 
+@pytest.mark.parametrize("given", [11, 9])
+def test_cli_refuses_codes_wider_than_the_bits_recorded(tmp_path, capsys, given, faiss):
+    """12-bit codes whose meta.json (or index.json) says 11 or 9 bits: exit status 2 and an
+    error naming the file and both widths, from build, from query and from the index."""
+    q_bits, q_labels, db_bits, db_labels = tied_problem(12, 6, 40, seed=3)
+    db_bits[7, 11] = q_bits[0, 11] = True
+    blobs = tmp_path / "blobs"
+    write_blobs(blobs, q_bits, q_labels, db_bits, db_labels, 12, False)
+    assert RT_CLI.main(["build", str(blobs), "--out", str(tmp_path / "index")]) == 0
+    (blobs / "meta.json").write_text(json.dumps(dict(bits=given, feature_dims=12)))
+    capsys.readouterr()
+    assert RT_CLI.main(["build", str(blobs), "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert f"{blobs / 'query' / 'codes.npy'}: row 0 " in err
+    assert f" bits beyond bit {given - 1} (pad bits for {given}-bit codes)" in err
+    assert f"at least 12 bits wide, not the {given} bits of meta.json" in err
+    assert not (tmp_path / "other").exists()
+    info = json.loads((tmp_path / "index" / "index.json").read_text())
+    (tmp_path / "index" / "index.json").write_text(json.dumps(dict(info, bits=given)))
+    for engine in ([], ["--exact"]):
+        assert RT_CLI.main(["query", str(tmp_path / "index"), "--code", "0" * given,
+                            *engine]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'index' / 'codes.npy'}: row " in err
+        assert f" bits beyond bit {given - 1} (pad bits for {given}-bit codes)" in err
+        assert f"at least 12 bits wide, not the {given} bits of index.json" in err
+
+
 def test_cli_errors(tmp_path, capsys):
     assert RT_CLI.main(["query", str(tmp_path / "missing"), "--code", "0101"]) == 2
     assert "no index.json" in capsys.readouterr().err
@@ -543,5 +593,8 @@ def test_cli_errors(tmp_path, capsys):
         RT.parse_code("0102", 4)
     with pytest.raises(RT.RetrievalError):
         RT.parse_code("abc", 12, hex_digits=True)
-    np.testing.assert_array_equal(RT.parse_code("0xfff3", 12, hex_digits=True),
-                                  pack_bits(np.ones((1, 12), bool)))  # pad bits cleared
+    np.testing.assert_array_equal(RT.parse_code("0xfff0", 12, hex_digits=True),
+                                  pack_bits(np.ones((1, 12), bool)))
+    with pytest.raises(RT.RetrievalError, match="hex code fff3: row 0 sets bits beyond bit 11"
+                                                ".*at least 16 bits wide, not the 12 bits"):
+        RT.parse_code("0xfff3", 12, hex_digits=True)

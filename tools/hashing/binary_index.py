@@ -23,8 +23,9 @@ Bit order. The on-disk codes are ``numpy.packbits(bitorder='big')``: bit j of a 
 ``(code[j // 8] >> (j % 8)) & 1`` (least significant first: ``fvec2bitvec``,
 ``BitstringReader``, ``faiss.unpack_bitstrings``, and the first b bits that
 IndexBinaryHash/MultiHash hash). `to_faiss_codes` therefore reverses the bits of every
-byte, so that faiss's bit j is our bit j, and clears the pad bits (faiss's dimension is
-8 * ceil(nbits / 8); the pad bits are zero in every code and add no distance). Hamming
+byte, so that faiss's bit j is our bit j, and refuses codes with a pad bit set (faiss's
+dimension is 8 * ceil(nbits / 8); the pad bits are zero in every code and add no distance; a
+set one means the codes are wider than nbits, `tools.hashing.codes.check_pad_bits`). Hamming
 distances themselves would be the same without the reversal (they do not depend on bit
 order), but the hash indexes would then key on other bits, e.g. on zero pad bits for
 nbits = 12, and codes would not match faiss's own binarization.
@@ -75,12 +76,10 @@ def _faiss():
 
 def to_faiss_codes(packed, nbits):
     """On-disk codes (uint8 [n, ceil(nbits/8)], big bit order) -> faiss's binary codes of
-    the same shape: bits reversed within each byte, pad bits cleared."""
-    packed = C.check_packed(np.asarray(packed), nbits)
-    out = _REVERSE[packed]
-    if nbits % 8:
-        out[:, -1] &= np.uint8((1 << (nbits % 8)) - 1)
-    return np.ascontiguousarray(out)
+    the same shape: bits reversed within each byte. A set pad bit is a ValueError
+    (`tools.hashing.codes.check_pad_bits`: the codes are wider than nbits)."""
+    packed = C.check_pad_bits(C.check_packed(np.asarray(packed), nbits), nbits)
+    return np.ascontiguousarray(_REVERSE[packed])
 
 
 def from_faiss_codes(codes, nbits):
@@ -251,6 +250,8 @@ def load_index(folder, with_faiss=True):
         raise RetrievalError(f"{folder}: the index holds {len(codes)} codes and {len(labels)} labels; "
                              f"an index needs a non-empty database: build it again from a non-empty set")
     index = None
+    if meta.get("kind") != "adc":
+        _check_index_codes(folder, codes, meta.get("bits"), len(labels))
     if meta.get("kind") == "adc":
         meta["codebooks"] = arrays["codebooks"]
     elif with_faiss:
@@ -271,7 +272,28 @@ def parse_code(text, nbits, hex_digits=False):
             raise RetrievalError(f"a {nbits}-bit code is {-(-nbits // 8)} bytes = "
                                  f"{2 * (-(-nbits // 8))} hex digits, got {len(text)}")
         packed = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)[None, :].copy()
-        return C.pack_bits(C.unpack_bits(packed, nbits))  # clears the pad bits
+        wider = C.padding_error(packed, nbits, f"hex code {text}", given="of the index",
+                                todo="the last byte's low bits are padding and must be 0")
+        if wider:
+            raise RetrievalError(wider)
+        return packed
     if len(text) != nbits or set(text) - {"0", "1"}:
         raise RetrievalError(f"expected {nbits} characters 0/1, got {text!r}")
     return C.pack_bits(np.array([[c == "1" for c in text]]))
+
+
+def _check_index_codes(folder, codes, nbits, n):
+    """The binary codes.npy of an index folder: uint8 [n, ceil(bits / 8)], no pad bit set."""
+    path = os.path.join(folder, "codes.npy")
+    if not isinstance(nbits, int) or nbits < 1:
+        raise RetrievalError(f"{os.path.join(folder, META_FILE)}: no code width (\"bits\"); "
+                             f"build it again")
+    want = -(-nbits // 8)
+    if codes.dtype != np.uint8 or codes.shape != (n, want):
+        raise RetrievalError(f"{path}: {nbits}-bit codes of {n} items (index.json, labels.npy) "
+                             f"are uint8 [{n}, {want}], got {codes.dtype} {codes.shape}; build "
+                             f"it again")
+    wider = C.padding_error(codes, nbits, path, given="of index.json",
+                            todo="index.json and codes.npy disagree: build it again")
+    if wider:
+        raise RetrievalError(wider)

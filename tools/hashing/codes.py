@@ -9,9 +9,16 @@ Three forms of the same codes are used:
   64-bit words, for XOR + popcount. Every pad bit is zero in every code, so pad bits
   never add Hamming distance, whatever the width.
 
+Packed codes with a pad bit set are refused (`check_pad_bits`, called by `to_words`,
+`unpack_bits` and every reader of packed codes): such codes are wider than the nbits given
+(12-bit codes evaluated as 11 or 9 bits), and clearing the extra bits would silently change
+the distances and the metrics. The error names both widths: nbits, and the least width
+holding every set bit.
+
 Hamming distances run in the C kernel of native.c when a C compiler is available
-(built on first use, see native.py), else in numpy (XOR + np.bitwise_count on blocks
-small enough to stay in cache); both give the same distances.
+(built on first use, see native.py), else in numpy (XOR + a popcount on blocks small enough
+to stay in cache: np.bitwise_count on numpy >= 2.0, a byte lookup table on numpy 1.26, which
+tools/requirements.txt allows and which has no bitwise_count); all give the same distances.
 
 `code_health` and `collapse_warnings` watch for the usual failure of hashing losses:
 codes collapsing onto a few values, or bits that never change.
@@ -30,7 +37,10 @@ __all__ = [
     "code_health",
     "collapse_warnings",
     "check_packed",
+    "check_pad_bits",
+    "padding_error",
     "check_words",
+    "popcount",
 ]
 
 # numpy Hamming path: about this many (query, item) pairs per block of uint64 temporaries
@@ -54,8 +64,9 @@ def pack_bits(bits):
 
 
 def unpack_bits(packed, nbits):
-    """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]."""
-    packed = check_packed(packed, nbits)
+    """Inverse of `pack_bits`: uint8 [n, ceil(nbits / 8)] -> bool [n, nbits]; ValueError when
+    a pad bit is set (`check_pad_bits`)."""
+    packed = check_pad_bits(check_packed(packed, nbits), nbits)
     return np.unpackbits(packed, axis=1, count=nbits, bitorder="big").astype(bool)
 
 
@@ -63,9 +74,9 @@ def to_words(codes, nbits):
     """uint64 [n, ceil(nbits / 64)] words of bool bits [n, nbits] or packed uint8 codes.
 
     The dtype tells the two inputs apart: bool means bits, uint8 means packed (any other
-    dtype is refused, so a 0/1 integer array is never mistaken for packed bytes). Pad
-    bits of packed input are cleared, so a stray pad bit read from disk cannot add
-    distance.
+    dtype is refused, so a 0/1 integer array is never mistaken for packed bytes). Packed
+    input with a pad bit set is a ValueError naming both widths (`check_pad_bits`): the
+    codes are wider than nbits.
     """
     codes = _as_2d(codes, "codes")
     if codes.dtype == np.bool_:
@@ -73,9 +84,7 @@ def to_words(codes, nbits):
             raise ValueError(f"bits have {codes.shape[1]} columns, expected nbits={nbits}")
         packed = pack_bits(codes)
     elif codes.dtype == np.uint8:
-        packed = check_packed(codes, nbits).copy()
-        if nbits % 8:
-            packed[:, -1] &= np.uint8((0xFF << (8 - nbits % 8)) & 0xFF)
+        packed = check_pad_bits(check_packed(codes, nbits), nbits)
     else:
         raise TypeError(f"codes must be bool bits or uint8 packed bytes, got {codes.dtype}")
     nwords = -(-nbits // 64)
@@ -85,7 +94,7 @@ def to_words(codes, nbits):
 
 
 def hamming(q_words, db_words):
-    """Hamming distances [nq, ndb] between word codes (XOR + np.bitwise_count).
+    """Hamming distances [nq, ndb] between word codes (XOR + popcount).
 
     The dtype is the smallest unsigned integer holding 64 * nwords (uint8 up to 192
     bits, then uint16), which keeps a stable argsort of a distance row a radix sort.
@@ -116,11 +125,28 @@ def _hamming_numpy(q_words, db_words, out):
             for w in range(nwords):
                 np.bitwise_xor(q_words[r0:r1, w, None], db_t[w, None, c0:c1], out=x)
                 if w == 0:
-                    np.bitwise_count(x, out=o)
+                    popcount(x, out=o)
                 else:
-                    np.bitwise_count(x, out=c)
+                    popcount(x, out=c)
                     o += c
     return out
+
+
+# popcount of every byte value, for numpy without np.bitwise_count (< 2.0)
+_BYTE_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+
+
+def popcount(words, out):
+    """Set bits of each uint64 of `words` into `out` (an unsigned integer array of the same
+    shape): np.bitwise_count where numpy has it (>= 2.0), else the sum of a byte lookup table
+    over the 8 bytes of each word (numpy 1.26). Looked up at each call, so a test can take
+    bitwise_count away."""
+    count = getattr(np, "bitwise_count", None)
+    if count is not None:
+        return count(words, out=out)
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    per_byte = _BYTE_POPCOUNT[words.view(np.uint8).reshape(words.shape + (8,))]
+    return np.sum(per_byte, axis=-1, dtype=out.dtype, out=out)
 
 
 def hamming_chunks(q_words, db_words, chunk_rows):
@@ -231,6 +257,37 @@ def check_packed(packed, nbits):
         raise ValueError(
             f"packed codes have {packed.shape[1]} bytes, expected ceil({nbits} / 8)"
         )
+    return packed
+
+
+_PAD_TODO = "evaluate or search them with the width they were packed with"
+
+
+def padding_error(packed, nbits, source="packed codes", given="given", todo=_PAD_TODO):
+    """None when no pad bit of packed codes uint8 [n, ceil(nbits / 8)] is set, else the message
+    naming `source` (e.g. the file), the first offending row, both widths -- nbits (`given`
+    says where it comes from) and the least width holding every set bit of the codes (they
+    are at least that wide) -- and `todo`."""
+    if nbits % 8 == 0 or len(packed) == 0:
+        return None
+    pad = np.asarray(packed)[:, -1] & np.uint8((1 << (8 - nbits % 8)) - 1)
+    dirty = np.flatnonzero(pad)
+    if dirty.size == 0:
+        return None
+    low = int(np.bitwise_or.reduce(pad[dirty]))
+    lowest = (low & -low).bit_length() - 1  # the lowest set byte bit = the highest code bit
+    width = 8 * (packed.shape[1] - 1) + 8 - lowest
+    rows = f"row {int(dirty[0])}" + (f" and {dirty.size - 1} more rows set" if dirty.size > 1
+                                      else " sets")
+    return (f"{source}: {rows} bits beyond bit {nbits - 1} (pad bits for {nbits}-bit codes): "
+            f"the codes are at least {width} bits wide, not the {nbits} bits {given}; {todo}")
+
+
+def check_pad_bits(packed, nbits, source="packed codes"):
+    """packed, unchanged, when no pad bit is set; else ValueError (`padding_error`)."""
+    message = padding_error(packed, nbits, source)
+    if message:
+        raise ValueError(message)
     return packed
 
 

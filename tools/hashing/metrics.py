@@ -62,8 +62,11 @@ carry relative errors of about 1e-15, even for a query whose only relevant items
 after 10^7 others.
 
 Real-valued features are ranked by squared Euclidean distance with ties broken by
-database index; exact ties between float distances have probability zero for continuous
-features, so no tie-aware variant is given (`euclidean_metrics`).
+database index. Distances are double sums of squared differences in coordinate order
+(`euclidean_distances`, the rule both backends follow bitwise), so equal true distances
+compare equal wherever the inputs make the arithmetic exact (e.g. integer-valued features);
+exact ties have probability zero for continuous features, so no tie-aware variant is given
+(`euclidean_metrics`; C kernel tqn_euclid for float32 features).
 
 Speed and memory (`evaluate_codes`, `hamming_histograms`). With a C compiler the hot
 path is one scan of the database per query in C (native.c, built on first use, see
@@ -101,6 +104,7 @@ __all__ = [
     "precision_within_radius",
     "pr_curve_by_radius",
     "euclidean_metrics",
+    "euclidean_distances",
     "evaluate_codes",
     "evaluate_features",
     "relative_drop",
@@ -398,28 +402,69 @@ def top_k_hit_rate_index_order(ranked_rel, k):
 # ---------------------------------------------------------------------------------------
 
 
+def euclidean_distances(q_feats, db_feats):
+    """Squared Euclidean distances [nq, ndb], float64, by the evaluation's rule (the numpy twin
+    of native.c's euclid_block, bitwise equal to it):
+
+        d(q, x) = sum over k = 0, 1, ..., dim - 1, in this order, of (q_k - x_k)^2,
+
+    each difference formed in double from the inputs widened exactly to double (float32
+    features), each square and partial sum rounded to double, no fused multiply-add. Not
+    |q|^2 - 2 q.x + |x|^2, whose cancellation gives items at the same true distance distances
+    differing in their last bits. So d is a fixed function of the two vectors: identical
+    database items tie exactly, and d is exact -- equal true distances compare equal -- whenever
+    the inputs make every step exact, e.g. integer features (or multiples of a common 2^-s)
+    with dim * max (q_k - x_k)^2 < 2^53 units; otherwise each step rounds by at most 2^-53
+    relative, the same way for both backends.
+    """
+    q = np.asarray(q_feats)
+    db = np.asarray(db_feats)
+    out = np.empty((len(q), len(db)))
+    diff = np.empty_like(out)
+    for k in range(q.shape[1]):
+        np.subtract(q[:, k, None].astype(np.float64), db[None, :, k].astype(np.float64), out=diff)
+        if k == 0:
+            np.multiply(diff, diff, out=out)
+        else:
+            out += diff * diff
+    if q.shape[1] == 0:
+        out[:] = 0.0
+    return out
+
+
 def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False, chunk=None,
                       ks=DEFAULT_KS):
     """Per-query metrics of the ranking by squared Euclidean distance, ties by index.
 
-    Exact ties between float distances have probability zero, so the index order is the
-    only order. Returns a dict of float [nq] arrays: ``ap``, ``map_at_r`` and, for each k,
-    ``precision_at_{k}``, ``recall_at_{k}``, ``top{k}`` (hit), plus the int
-    ``queries_without_relevant``.
+    Distances follow the rule of `euclidean_distances` (double sums of squared differences
+    in coordinate order), so equal true distances compare equal where the inputs make them
+    exact, and such ties are broken by database index (a stable sort); no tie-aware variant is
+    given, as exact ties have probability zero for continuous features. With the C kernels and
+    float32 features (the saved blobs) the ranking runs in native.c (tqn_euclid: blocked
+    distances, then an O(ndb) bucket sort per query); else in numpy (the same distances, a
+    stable argsort): identical ranks, sums agreeing to ~1e-16. Returns a dict of float [nq]
+    arrays: ``ap``, ``map_at_r`` and, for each k, ``precision_at_{k}``, ``recall_at_{k}``,
+    ``top{k}`` (hit), plus the int ``queries_without_relevant``.
     """
-    q_feats = np.asarray(q_feats, dtype=np.float64)
-    db_feats = np.asarray(db_feats, dtype=np.float64)
+    q_feats, db_feats = np.asarray(q_feats), np.asarray(db_feats)
     if q_feats.ndim != 2 or db_feats.ndim != 2 or q_feats.shape[1] != db_feats.shape[1]:
         raise ValueError(f"features must be [n, dim] alike, got {q_feats.shape}, "
                          f"{db_feats.shape}")
+    if q_feats.dtype.kind != "f" or db_feats.dtype.kind != "f":
+        q_feats, db_feats = q_feats.astype(np.float64), db_feats.astype(np.float64)
     q_labels, db_labels = check_labels(q_feats, q_labels, db_feats, db_labels, exclude_self)
-    db_sq = np.einsum("ij,ij->i", db_feats, db_feats)
+    for k in ks:
+        check_k(k)
+    relevance = None
+    if q_feats.dtype == np.float32 and db_feats.dtype == np.float32 and len(db_feats):
+        relevance = _relevance_index(q_labels, db_labels)
+    if relevance is not None:
+        return _euclidean_native(q_feats, db_feats, q_labels, relevance, exclude_self, chunk, ks)
     parts = []
     step = chunk_rows(chunk, len(db_labels))
     for start in range(0, len(q_feats), step):
         rows = slice(start, min(start + step, len(q_feats)))
-        q = q_feats[rows]
-        dist = np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * q @ db_feats.T + db_sq[None, :]
+        dist = euclidean_distances(q_feats[rows], db_feats)
         same = q_labels[rows, None] == db_labels[None, :]
         if exclude_self:
             dist, same = _drop_self(rows, dist, same)
@@ -428,6 +473,25 @@ def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False
            for key in _index_order_keys(ks)}
     out["queries_without_relevant"] = sum(p["queries_without_relevant"] for p in parts)
     return out
+
+
+def _euclidean_native(q_feats, db_feats, q_labels, relevance, exclude_self, chunk, ks):
+    db_t = np.ascontiguousarray(db_feats.T)
+    unique_ks = np.unique(np.asarray(ks, dtype=np.int64))
+    where = np.searchsorted(unique_ks, np.asarray(ks, dtype=np.int64))
+    rel_idx, lo, hi = relevance
+    n_rel = hi - lo - (1 if exclude_self else 0)
+    n_items = len(db_feats) - bool(exclude_self)
+    step = chunk_rows(chunk, 1, 4096)
+    ap, mapr, hits = [], [], []
+    for start in range(0, len(q_feats), step):
+        rows = slice(start, min(start + step, len(q_feats)))
+        a, m, h = native.euclid(q_feats[rows], db_t, _rows_of(relevance, rows),
+                                start if exclude_self else -1, unique_ks)
+        ap.append(a), mapr.append(m), hits.append(h[:, where])
+    cat = (lambda x: np.concatenate(x)) if ap else (lambda x: np.zeros(0))
+    hits_k = np.concatenate(hits) if hits else np.zeros((0, len(ks)), dtype=np.int64)
+    return index_order_from_stats(cat(ap), cat(mapr), hits_k, n_rel, n_items, ks)
 
 
 # ---------------------------------------------------------------------------------------

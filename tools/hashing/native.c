@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TQN_ABI_VERSION 3
+#define TQN_ABI_VERSION 4
 
 int tqn_abi_version(void) { return TQN_ABI_VERSION; }
 
@@ -367,4 +367,162 @@ int tqn_adc(const float *restrict tables, const void *restrict codes, int64_t nq
     if (code_size == 1) TQN_ADC_BODY(uint8_t);
     else TQN_ADC_BODY(uint16_t);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Real-valued features: exact Euclidean ranking (tools/hashing/metrics.py)                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Squared Euclidean distances of a block of queries to a block of database items, in double
+ * from the float32 inputs, each as  d = sum_{k = 0..dim-1, in this order} (q_k - x_k)^2 with
+ * q_k - x_k formed in double: the rule of tools.hashing.metrics.euclidean_distances, which the
+ * numpy twin follows operation by operation (no FMA contraction: -std=c99 turns it off; no
+ * reassociation: each item's sum is vectorized across items, never across k). dbt is the
+ * database transposed, [dim, ndb]. */
+#define TQN_EQB 8
+#define TQN_EDB 512
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void euclid_block(const float *q, int64_t nqb, const float *dbt, int64_t ndb, int64_t dim,
+                         int64_t j0, int64_t nj, double *out /* [nqb, ndb] */) {
+    for (int64_t k = 0; k < dim; k++) {
+        const float *x = dbt + (size_t)k * (size_t)ndb + j0;
+        for (int64_t a = 0; a < nqb; a++) {
+            const double qk = (double)q[(size_t)a * (size_t)dim + k];
+            double *o = out + (size_t)a * (size_t)ndb + j0;
+            if (k == 0)
+                for (int64_t j = 0; j < nj; j++) {
+                    const double d = qk - (double)x[j];
+                    o[j] = d * d;
+                }
+            else
+                for (int64_t j = 0; j < nj; j++) {
+                    const double d = qk - (double)x[j];
+                    o[j] += d * d;
+                }
+        }
+    }
+}
+
+typedef struct { double d; int64_t i; } tqn_item;
+
+static int item_cmp(const void *a, const void *b) {
+    const tqn_item *x = (const tqn_item *)a, *y = (const tqn_item *)b;
+    if (x->d != y->d) return x->d < y->d ? -1 : 1;
+    return x->i < y->i ? -1 : (x->i > y->i);
+}
+
+/* Index-order statistics of the Euclidean ranking (ties broken by database index), as
+ * tqn_scan gives them for Hamming distances:
+ *
+ *   q [nq, dim], dbt [dim, ndb]         float32 features (the database transposed)
+ *   is_rel [ndb] uint8 scratch, rel_idx / rel_lo / rel_hi as in tqn_scan
+ *   self_start                          -1, or query i is database item self_start + i
+ *   ap_sum, mapr_sum [nq], ks [nk] ascending, hits_k [nq, nk]   (output, as tqn_scan)
+ *
+ * Per query: the distances (euclid_block), then an exact sort by (distance, index) in
+ * O(ndb) expected time -- a bucket sort on ndb buckets linear in the distance (monotone:
+ * floor((d - min) * scale) never decreases with d), items scattered in index order, each
+ * bucket finished by insertion sort (qsort beyond 32 items) on (distance, index). Returns 0,
+ * or -2 if out of memory. */
+int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_t dim,
+               const int64_t *rel_idx, const int64_t *rel_lo, const int64_t *rel_hi,
+               int64_t self_start, double *ap_sum, double *mapr_sum, const int64_t *ks,
+               int64_t nk, int64_t *hits_k) {
+    double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ndb + 2));
+    tqn_item *items = (tqn_item *)malloc(sizeof(tqn_item) * (size_t)(ndb + 1));
+    uint8_t *is_rel = (uint8_t *)calloc((size_t)ndb + 1, 1);
+    int status = 0;
+    if (!dist || !count || !items || !is_rel) {
+        status = -2;
+        goto done;
+    }
+    for (int64_t i0 = 0; i0 < nq; i0 += TQN_EQB) {
+        const int64_t nqb = nq - i0 < TQN_EQB ? nq - i0 : TQN_EQB;
+        for (int64_t j0 = 0; j0 < ndb; j0 += TQN_EDB)
+            euclid_block(q + (size_t)i0 * (size_t)dim, nqb, dbt, ndb, dim, j0,
+                         ndb - j0 < TQN_EDB ? ndb - j0 : TQN_EDB, dist);
+        for (int64_t a = 0; a < nqb; a++) {
+            const int64_t i = i0 + a;
+            const double *di = dist + (size_t)a * (size_t)ndb;
+            const int64_t self = self_start >= 0 && self_start + i < ndb ? self_start + i : -1;
+            const int64_t n = ndb - (self >= 0);
+            int64_t n_rel = 0;
+            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++)
+                if (rel_idx[r] != self) {
+                    is_rel[rel_idx[r]] = 1;
+                    n_rel++;
+                }
+            double lo = 0.0, hi = 0.0;
+            int first = 1;
+            for (int64_t j = 0; j < ndb; j++) {
+                if (j == self) continue;
+                if (first || di[j] < lo) lo = di[j];
+                if (first || di[j] > hi) hi = di[j];
+                first = 0;
+            }
+            const int64_t nb = n > 0 ? n : 1;
+            const double scale = hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0;
+            memset(count, 0, sizeof(int64_t) * (size_t)(nb + 1));
+            for (int64_t j = 0; j < ndb; j++) {
+                if (j == self) continue;
+                int64_t b = (int64_t)((di[j] - lo) * scale);
+                if (b >= nb) b = nb - 1;
+                count[b + 1]++;
+            }
+            for (int64_t b = 0; b < nb; b++) count[b + 1] += count[b];
+            for (int64_t j = 0; j < ndb; j++) {  /* in index order: stable */
+                if (j == self) continue;
+                int64_t b = (int64_t)((di[j] - lo) * scale);
+                if (b >= nb) b = nb - 1;
+                tqn_item *it = items + count[b]++;
+                it->d = di[j];
+                it->i = j;
+            }
+            /* count[b] is now the end of bucket b; finish each bucket */
+            int64_t start = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                const int64_t end = count[b];
+                const int64_t len = end - start;
+                if (len > 32) {
+                    qsort(items + start, (size_t)len, sizeof(tqn_item), item_cmp);
+                } else if (len > 1) {
+                    for (int64_t x = start + 1; x < end; x++) {
+                        tqn_item t = items[x];
+                        int64_t y = x - 1;
+                        while (y >= start && (items[y].d > t.d)) {  /* strict: stable */
+                            items[y + 1] = items[y];
+                            y--;
+                        }
+                        items[y + 1] = t;
+                    }
+                }
+                start = end;
+            }
+            double ap = 0.0, ap_c = 0.0, mr = 0.0, mr_c = 0.0;
+            int64_t *hk = hits_k + (size_t)i * (size_t)nk;
+            for (int64_t t = 0; t < nk; t++) hk[t] = 0;
+            int64_t hits = 0;
+            for (int64_t p = 0; p < n && hits < n_rel; p++) {
+                if (!is_rel[items[p].i]) continue;
+                const int64_t rank = p + 1;
+                hits++;
+                const double prec = (double)hits / (double)rank;
+                kahan_add(&ap, &ap_c, prec);
+                if (rank <= n_rel) kahan_add(&mr, &mr_c, prec);
+                for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
+            }
+            ap_sum[i] = ap + ap_c;
+            mapr_sum[i] = mr + mr_c;
+            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
+        }
+    }
+done:
+    free(dist);
+    free(count);
+    free(items);
+    free(is_rel);
+    return status;
 }

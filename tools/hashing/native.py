@@ -26,7 +26,7 @@ import numpy as np
 
 from data_prep.outputs import replace_path, sha256_bytes, tmp_name
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
 _FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -149,6 +149,8 @@ def _load():
     library.tqn_scan.restype = ctypes.c_int
     library.tqn_adc.argtypes = [p, p, i64, i64, i64, i64, ctypes.c_int, p]
     library.tqn_adc.restype = ctypes.c_int
+    library.tqn_euclid.argtypes = [p, p, i64, i64, i64, p, p, p, i64, p, p, p, i64, p]
+    library.tqn_euclid.restype = ctypes.c_int
     library.tqn_force_generic.argtypes = [ctypes.c_int]
     library.tqn_force_generic.restype = ctypes.c_int
     return library, path
@@ -226,3 +228,22 @@ def adc(tables, codes, out):
                      _ptr(out)) != 0:
         raise ValueError(f"tqn_adc: unsupported code size {codes.itemsize}")
     return out
+
+
+def euclid(q_feats, db_t, relevance, self_start, ks):
+    """Index-order statistics ``(ap_sum, mapr_sum, hits_k [nq, len(ks)])`` of the ranking by
+    squared Euclidean distance (ties by database index) of float32 queries [nq, dim] against
+    the transposed float32 database db_t [dim, ndb]; see tqn_euclid. ks ascending."""
+    q_feats = np.ascontiguousarray(q_feats, dtype=np.float32)
+    db_t = np.ascontiguousarray(db_t, dtype=np.float32)
+    rel_idx, lo, hi = (np.ascontiguousarray(a, dtype=np.int64) for a in relevance)
+    nq = len(q_feats)
+    ks_arr = np.ascontiguousarray(ks, dtype=np.int64)
+    ap_sum, mapr_sum = np.empty(nq), np.empty(nq)
+    hits_k = np.empty((nq, len(ks_arr)), dtype=np.int64)
+    status = lib().tqn_euclid(_ptr(q_feats), _ptr(db_t), nq, db_t.shape[1], db_t.shape[0],
+                              _ptr(rel_idx), _ptr(lo), _ptr(hi), self_start, _ptr(ap_sum),
+                              _ptr(mapr_sum), _ptr(ks_arr), len(ks_arr), _ptr(hits_k))
+    if status != 0:
+        raise MemoryError("tqn_euclid: out of memory")
+    return ap_sum, mapr_sum, hits_k

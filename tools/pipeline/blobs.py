@@ -223,10 +223,10 @@ def _validate(d, arrays, meta, codebooks):
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != want:
             raise BlobsError(f"{d}/codes.npy: {bits}-bit codes (meta.json) are uint8 [n, {want}], "
                              f"got {codes.dtype} {codes.shape}; extract again")
-        if bits % 8 and np.any(codes[:, -1] & np.uint8((1 << (8 - bits % 8)) - 1)):
-            row = int(np.flatnonzero(codes[:, -1] & np.uint8((1 << (8 - bits % 8)) - 1))[0])
-            raise BlobsError(f"{d}/codes.npy: row {row} sets pad bits beyond bit {bits}: the codes "
-                             f"are wider than the {bits} bits of meta.json; extract again")
+        wider = C.padding_error(codes, bits, f"{d}/codes.npy", given="of meta.json",
+                                todo="meta.json and codes.npy disagree: extract again")
+        if wider:
+            raise BlobsError(wider)
     if "pq_codes" in arrays and codebooks is not None:
         codes = arrays["pq_codes"]
         m, k = codebooks.shape[:2]
