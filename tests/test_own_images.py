@@ -106,13 +106,13 @@ def test_list_paths_must_stay_inside_the_root(tmp_path, caffe_build):
     os.makedirs(tmp_path / "lists" / "sub")
     with open(tmp_path / "lists" / "sub" / "train.txt", "w") as f:
         f.write(open(f"{root}/train.txt").read().replace("img/", "../img/"))
-    with pytest.raises(DataPrepError, match="outside"):
+    with pytest.raises(DataPrepError, match="leaves the data root"):
         build(BuildSpec(dataset="images", out=str(tmp_path / "x"), train_list=str(tmp_path / "lists/sub/train.txt"),
                         query_list=f"{root}/query.txt", root=str(tmp_path / "lists" / "sub"), quiet=True))
     r = cli(["bash", "tools/main_job.sh", "--dataset", "images", "--out", str(tmp_path / "y"),
              "--train-list", str(tmp_path / "lists/sub/train.txt"), "--query-list", f"{root}/query.txt",
              "--root", str(tmp_path / "lists" / "sub")], caffe_build)
-    assert r.returncode == 2 and "outside" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "leaves the data root" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_an_image_in_two_sets_is_refused(tmp_path):
