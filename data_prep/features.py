@@ -25,7 +25,6 @@ over a finished folder does nothing. The LMDBs are written atomically from the c
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 from .datum import caffe_pb2, datum_to_image, parse_datum
 from .errors import DataPrepError
 from .lmdb_io import LmdbWriter, iter_records, key, lmdb_count
-from .outputs import (OutputLock, atomic_dir, atomic_file, atomic_symlink, completed, load_marker,
+from .outputs import (OutputLock, atomic_dir, atomic_file, atomic_symlink, changed_keys, completed, load_marker,
                       mark_complete, remove_stale_temporaries, sha256_file, write_text)
 from .progress import Progress
 
@@ -163,7 +162,7 @@ def extract(spec, net_factory=None):
         parts = os.path.join(spec.out, '.parts')
         parts_marker = os.path.join(parts, 'inputs.json')
         old = load_marker(parts_marker)
-        if old is None or old['inputs'] != json.loads(json.dumps(inputs)):
+        if old is None or changed_keys(old['inputs'], inputs):
             if os.path.isdir(parts):
                 import shutil
                 shutil.rmtree(parts)

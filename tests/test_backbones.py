@@ -1,6 +1,5 @@
 """data_prep.backbones: fetch (through a fake downloader: no network), verify, extract, cache, rerun."""
 import dataclasses
-import hashlib
 import io
 import os
 import shutil
@@ -11,10 +10,10 @@ import pytest
 
 from data_prep import backbones
 from data_prep.errors import DataPrepError
+from data_prep.outputs import sha256_bytes
 
 
-def _sha(b):
-    return hashlib.sha256(b).hexdigest()
+_sha = sha256_bytes
 
 
 def _make_sdist(path, files):

@@ -27,6 +27,19 @@ from tools.hashing.metrics import (average_precision_index_order, average_precis
 TOL = 1e-12
 WIDTHS = list(range(1, 71)) + [96, 100, 127, 128, 129, 191, 192, 193, 200, 255, 256]
 
+def assert_matches_brute_force(out, ranked, ks):
+    """Per-query metrics `out` (euclidean_metrics) equal brute force over the rankings `ranked`."""
+    expected = [bf_metrics(r, ks) for r in ranked]
+    assert_close(out["ap"], [e["ap"] for e in expected])
+    assert_close(out["map_at_r"], [e["map_at_r"] for e in expected])
+    for k in ks:
+        assert_close(out[f"precision_at_{k}"], [e[f"p{k}"] for e in expected])
+        assert_close(out[f"recall_at_{k}"], [e[f"r{k}"] for e in expected])
+        assert_close(out[f"top{k}"], [e[f"hit{k}"] for e in expected])
+    assert out["queries_without_relevant"] == sum(1 for r in ranked if not any(r))
+    return expected
+
+
 # ---------------------------------------------------------------------------------------
 # brute force
 # ---------------------------------------------------------------------------------------
@@ -453,13 +466,7 @@ def test_euclidean_metrics_match_brute_force(exclude_self):
     expected = [bf_metrics(r, ks) for r in ranked]
     for chunk in (1, 6, None):
         out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, chunk, ks)
-        assert_close(out["ap"], [e["ap"] for e in expected])
-        assert_close(out["map_at_r"], [e["map_at_r"] for e in expected])
-        for k in ks:
-            assert_close(out[f"precision_at_{k}"], [e[f"p{k}"] for e in expected])
-            assert_close(out[f"recall_at_{k}"], [e[f"r{k}"] for e in expected])
-            assert_close(out[f"top{k}"], [e[f"hit{k}"] for e in expected])
-        assert out["queries_without_relevant"] == sum(1 for r in ranked if not any(r))
+        assert_matches_brute_force(out, ranked, ks)
     means = evaluate_features(q, q_labels, db, db_labels, exclude_self, ks)
     assert means["map"] == pytest.approx(float(np.mean([e["ap"] for e in expected])))
     assert means["top5"] == pytest.approx(float(np.mean([e["hit5"] for e in expected])))
@@ -547,17 +554,10 @@ def test_euclidean_exact_ties_by_index_match_brute_force(exclude_self, backend):
         keep = [j for j in range(len(db)) if not (exclude_self and j == i)]
         d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
         ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j]) for j in keep]))
-    expected = [bf_metrics(r, ks) for r in ranked]
     from contextlib import nullcontext
     with (native.disabled() if backend == "numpy" else nullcontext()):
         out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
-    assert_close(out["ap"], [e["ap"] for e in expected])
-    assert_close(out["map_at_r"], [e["map_at_r"] for e in expected])
-    for k in ks:
-        assert_close(out[f"precision_at_{k}"], [e[f"p{k}"] for e in expected])
-        assert_close(out[f"recall_at_{k}"], [e[f"r{k}"] for e in expected])
-        assert_close(out[f"top{k}"], [e[f"hit{k}"] for e in expected])
-    assert out["queries_without_relevant"] == sum(1 for r in ranked if not any(r))
+    assert_matches_brute_force(out, ranked, ks)
 
 
 def test_euclidean_native_equals_numpy_on_float_features():

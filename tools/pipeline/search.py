@@ -21,6 +21,7 @@ import numpy as np
 
 from data_prep.dataset import IMAGE_EXTENSIONS, Dataset
 from data_prep.errors import DataPrepError
+from data_prep.outputs import load_marker
 from data_prep.lmdb_io import write_image_lmdb
 from data_prep.readers import read_image_folder, read_image_list
 from data_prep.splits import load_list
@@ -50,12 +51,12 @@ class SearchSpec:
 
 
 def run_record(run):
-    path = os.path.join(run, "params.json")
-    if not os.path.exists(path):
-        raise SearchError(f"{run}: no params.json; give a trained run folder (python -m tools.train "
-                          f"or the main job's <out>/<bits>bits)")
-    with open(path) as f:
-        return json.load(f)
+    """The run's params.json (its completion marker, data_prep.outputs)."""
+    record = load_marker(os.path.join(run, "params.json"))
+    if record is None:
+        raise SearchError(f"{run}: no readable params.json; give a trained run folder (python -m "
+                          f"tools.train or the main job's <out>/<bits>bits)")
+    return record
 
 
 def new_images(path, root=None, channels=3):

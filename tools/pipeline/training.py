@@ -25,7 +25,6 @@ fc7) must be in the file with the net's shapes.
 import argparse
 import dataclasses
 import glob
-import json
 import os
 import re
 import sys
@@ -96,12 +95,14 @@ def method_param(item):
 
 
 def load_manifest(data_dir):
+    """The data set's dataset.json (its completion marker, data_prep.outputs)."""
     path = os.path.join(data_dir, "dataset.json")
-    if not os.path.exists(path):
-        raise TrainError(f"{path} is missing: build the data set first "
+    manifest = load_marker(path)
+    if manifest is None:
+        what = "is unreadable" if os.path.exists(path) else "is missing"
+        raise TrainError(f"{path} {what}: build the data set first "
                          f"(python -m data_prep.build --out {data_dir} ...)")
-    with open(path) as f:
-        return json.load(f)
+    return manifest
 
 
 def final_model(run, step, iters):
