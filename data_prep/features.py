@@ -236,6 +236,82 @@ def extract(spec, net_factory=None):
         return dict(record, skipped=False, **stats)
 
 
+def combined_lmdb(features_dir, split='train'):
+    """lmdb/<split>_with_mirrors in `features_dir` (made once, atomically): rows 0..n-1 the
+    originals of lmdb/<split>, rows n..2n-1 their mirrors (lmdb/<split>_mirror), the layout the
+    mirrored lists (data_prep.triplets.mirror_choice) index. Returns its path."""
+    out = os.path.join(features_dir, 'lmdb', f'{split}_with_mirrors')
+    if os.path.exists(os.path.join(out, 'data.mdb')):
+        return out
+    sources = [os.path.join(features_dir, 'lmdb', split), os.path.join(features_dir, 'lmdb', f'{split}_mirror')]
+    n = lmdb_count(sources[0])
+    if lmdb_count(sources[1]) != n:
+        raise DataPrepError(f'{sources[1]} does not hold as many records as {sources[0]}; '
+                            f'rerun python -m data_prep.features')
+    size = sum(os.path.getsize(os.path.join(s, 'data.mdb')) for s in sources)
+    with atomic_dir(out) as tmp:
+        w = LmdbWriter(tmp, 2 * size + (1 << 24))
+        try:
+            row = 0
+            for src in sources:
+                for _, v in iter_records(src):
+                    w.put(key(row), v)
+                    row += 1
+        finally:
+            w.close()
+    return out
+
+
+def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, quiet=False):
+    """A data folder that tools/ trains and extracts from like an image build, on the features of
+    `features_dir` (a finished extraction of the image build `images`): lmdb/train -> the 2n-row LMDB of originals and
+    mirrors (combined_lmdb), lmdb/query and lmdb/database -> the original features, and the
+    seeded triplets.txt / shuffled.txt (data_prep.triplets, seed `seed`, `epochs` epochs) whose
+    every entry names an image or its mirror by a seeded coin (mirror_choice): the paper's mirror
+    augmentation, the same on every run of one seed. dataset.json (the completion marker) is the
+    image build's record with these lists, the features' identity and `feature_training`."""
+    from .triplets import write_shuffled, write_triplets
+    fmarker = os.path.join(features_dir, 'features.json')
+    frecord = load_marker(fmarker)
+    if frecord is None:
+        raise DataPrepError(f'{fmarker} is missing or unreadable: run python -m data_prep.features first')
+    images_marker = os.path.join(images, 'dataset.json')
+    build = load_marker(images_marker)
+    if build is None or sha256_file(images_marker) != frecord['inputs']['images_manifest_sha256']:
+        raise DataPrepError(f'{features_dir} was not computed from the image build {images} as it is now '
+                            f'({images_marker} is missing or changed); rerun python -m data_prep.features')
+    build = {k: v for k, v in build.items() if k not in ('inputs', 'outputs', 'lmdb', 'mean')}
+    inputs = {'features_sha256': sha256_file(fmarker), 'seed': int(seed), 'epochs': int(epochs),
+              'batch_triplets': int(batch_triplets), 'mirror': 'per list entry'}
+    marker = os.path.join(out, 'dataset.json')
+    os.makedirs(out, exist_ok=True)
+    with OutputLock(out, what='feature training data'):
+        record = completed(marker, inputs)
+        if record is not None:
+            return record
+        t0 = time.monotonic()
+        train = combined_lmdb(features_dir, 'train')
+        _, labels = read_feature_lmdb(os.path.join(features_dir, 'lmdb', 'train'))
+        os.makedirs(os.path.join(out, 'lmdb'), exist_ok=True)
+        atomic_symlink(os.path.abspath(train), os.path.join(out, 'lmdb', 'train'))
+        for name in ('query', 'database'):
+            atomic_symlink(os.path.realpath(os.path.join(features_dir, 'lmdb', name)),
+                           os.path.join(out, 'lmdb', name))
+        tmeta = write_triplets(out, labels, seed, epochs, batch_triplets, build.get('protocol'),
+                               progress=not quiet, mirror_rows=True)
+        smeta = write_shuffled(out, len(labels), seed, 3 * epochs, build.get('protocol'),
+                               progress=not quiet, mirror_rows=True)
+        counts = {'train': len(labels), 'query': frecord['counts']['query'],
+                  'database': frecord['counts']['database']}
+        return mark_complete(marker, inputs, outputs=['triplets.txt', 'shuffled.txt'],
+                             **dict(build, counts=counts, seed=int(seed), triplets=tmeta, shuffled=smeta,
+                                    features=dict(frecord['inputs'], dimension=frecord['dimension'],
+                                                  folder=os.path.abspath(features_dir)),
+                                    feature_training=dict(rows=2 * len(labels), layout='rows 0..n-1 originals, '
+                                                          'n..2n-1 mirrors'),
+                                    seconds=round(time.monotonic() - t0, 1)))
+
+
 def _caffe_net(deploy, weights):
     import caffe
     caffe.set_mode_cpu()
@@ -285,6 +361,12 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=int, default=50)
     ap.add_argument('--chunk', type=int, default=2000)
     ap.add_argument('--quiet', action='store_true')
+    ap.add_argument('--training-data', metavar='DIR',
+                    help='then write DIR: the data folder `caffe train` and tools/ read at the features scale '
+                         '(mirrored seeded triplet lists, links to the feature LMDBs)')
+    ap.add_argument('--seed', type=int, default=0, help='--training-data: the lists\' seed (default 0)')
+    ap.add_argument('--epochs', type=int, default=80,
+                    help='--training-data: epochs of triplets (default 80: both TQN steps)')
     args = ap.parse_args(argv)
     try:
         kw = dict(batch_size=args.batch_size, chunk=args.chunk, quiet=args.quiet)
@@ -297,6 +379,9 @@ def main(argv=None):
         else:
             spec = spec_from_backbone(args.images, args.out, args.backbone, args.input_size, **kw)
         rec = extract(spec)
+        if args.training_data:
+            training_data(args.out, args.images, args.training_data, args.seed, args.epochs, quiet=args.quiet)
+            print(f'features: training data (seed {args.seed}) -> {args.training_data}')
     except DataPrepError as e:
         print(f'data_prep.features: error: {e}', file=sys.stderr)
         return 2

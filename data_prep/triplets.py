@@ -75,14 +75,26 @@ def check_triplets(triplets, labels):
         raise DataPrepError(f'triplet {int(bad[0])} {t[bad[0]].tolist()} is invalid ({bad.size} invalid)')
 
 
-def write_triplets(folder, labels, seed=0, epochs=40, batch_size=32, protocol=None, progress=True):
-    """Writes triplets.txt and triplets.json into `folder`; returns the metadata dict."""
+def mirror_choice(rows, n, seed, epoch, stream):
+    """`rows` (int [m, 3], rows 0..n-1) with each entry moved to n + row (its mirror, as the
+    feature LMDBs of data_prep.features store it) by a fair coin of
+    numpy.random.default_rng([seed, epoch, stream]) (stream 2: triplets, 3: shuffled rows)."""
+    coins = np.random.default_rng([int(seed), int(epoch), int(stream)]).integers(0, 2, size=rows.shape)
+    return (rows + n * coins).astype(np.int32)
+
+
+def write_triplets(folder, labels, seed=0, epochs=40, batch_size=32, protocol=None, progress=True,
+                   mirror_rows=False):
+    """Writes triplets.txt and triplets.json into `folder`; returns the metadata dict. With
+    `mirror_rows`, each entry names row r or its mirror n + r (mirror_choice)."""
     k = _Classes(labels)
     n = int(k.anchors.size)
     prog = Progress(epochs, 'triplets (epochs)', enabled=progress and n * epochs >= 500000, min_total=1)
     with atomic_file(os.path.join(folder, 'triplets.txt'), 'w') as f:
         for e in range(epochs):
             t = epoch_triplets(labels, seed, e, k)
+            if mirror_rows:
+                t = mirror_choice(t, k.n, seed, e, 2)
             f.write(('%d %d %d\n' * len(t)) % tuple(t.ravel().tolist()))
             prog.update()
     meta = {
@@ -101,7 +113,11 @@ def write_triplets(folder, labels, seed=0, epochs=40, batch_size=32, protocol=No
                            'then integers() for positives, then integers() for negatives',
         'file': 'triplets.txt',
         'format': '"a p n" per line: 0-based row indices into lmdb/train (key %08d); epochs concatenated',
+        'mirror_rows': bool(mirror_rows),
     }
+    if mirror_rows:
+        meta['mirror_derivation'] = ('each entry r becomes n + r (the mirror) where '
+                                     'numpy.random.default_rng([seed, e, 2]).integers(0, 2, size=(count, 3)) is 1')
     write_json(os.path.join(folder, 'triplets.json'), meta)
     return meta
 
@@ -117,13 +133,16 @@ def epoch_shuffled_rows(n, seed, epoch):
     return order[:n - n % 3].reshape(-1, 3).astype(np.int32)
 
 
-def write_shuffled(folder, n, seed=0, epochs=120, protocol=None, progress=True):
-    """Writes shuffled.txt and shuffled.json (the pairwise methods' image order) into `folder`."""
+def write_shuffled(folder, n, seed=0, epochs=120, protocol=None, progress=True, mirror_rows=False):
+    """Writes shuffled.txt and shuffled.json (the pairwise methods' image order) into `folder`;
+    `mirror_rows` as write_triplets (coin stream 3)."""
     prog = Progress(epochs, 'shuffled rows (epochs)', enabled=progress and n * epochs >= 1500000,
                     min_total=1)
     with atomic_file(os.path.join(folder, 'shuffled.txt'), 'w') as f:
         for e in range(epochs):
             t = epoch_shuffled_rows(n, seed, e)
+            if mirror_rows:
+                t = mirror_choice(t, n, seed, e, 3)
             f.write(('%d %d %d\n' * len(t)) % tuple(t.ravel().tolist()))
             prog.update()
     meta = {
@@ -133,7 +152,11 @@ def write_shuffled(folder, n, seed=0, epochs=120, protocol=None, progress=True):
                            'cut into consecutive triples',
         'file': 'shuffled.txt',
         'format': 'three 0-based rows of lmdb/train per line (not triplets: any labels); epochs concatenated',
+        'mirror_rows': bool(mirror_rows),
     }
+    if mirror_rows:
+        meta['mirror_derivation'] = ('each entry r becomes n + r (the mirror) where '
+                                     'numpy.random.default_rng([seed, e, 3]).integers(0, 2, size=(lines, 3)) is 1')
     write_json(os.path.join(folder, 'shuffled.json'), meta)
     return meta
 

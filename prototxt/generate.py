@@ -111,6 +111,14 @@ def backbone(name, bottom="data"):
                 _pool("pool3", "conv3", "AVE", 3, 2),
                 _fc("ip1", "pool3", 64, std=0.1),
                 layer("features", "Flatten", ["ip1"], ["features"])]
+    if name == "feature_head":
+        width = D.BACKBONES[name]["width"]
+        drop = dict(dropout_ratio=0.5)
+        return [_fc("fc6", bottom, width), _relu("relu6", "fc6"),
+                layer("drop6", "Dropout", ["fc6"], ["fc6"], dropout_param=drop),
+                _fc("fc7", "fc6", width), _relu("relu7", "fc7"),
+                layer("drop7", "Dropout", ["fc7"], ["fc7"], dropout_param=drop),
+                layer("features", "Flatten", ["fc7"], ["features"])]
     if name == "alexnet":
         lrn = dict(local_size=5, alpha=0.0001, beta=0.75)
         return [_conv("conv1", bottom, 96, 11, stride=4, std=0.01), _relu("relu1", "conv1"),
@@ -367,7 +375,7 @@ def default_files():
     """{relative path: text} of prototxt/generated/."""
     files = {}
     for (dataset, scale), cfg in sorted(D.CONFIGS.items()):
-        data = f"data/{dataset}"
+        data = D.DEFAULT_DATA.get(scale, "data/{dataset}").format(dataset=dataset)
         mean = f"{data}/mean.binaryproto" if D.BACKBONES[cfg["backbone"]].get("mean_from_file") else None
         for bits in cfg["bits"]:
             folder = f"{dataset}_{scale}/{bits}bits"

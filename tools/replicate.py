@@ -44,6 +44,7 @@ import time
 from typing import Optional, Tuple
 
 from data_prep.build import BuildSpec, build
+from data_prep import features as F
 from prototxt import description as D
 from tools.pipeline import blobs as B
 from tools.pipeline import evaluation, report
@@ -56,6 +57,9 @@ R = D.REPLICATION
 DEEP = ("triplet", "tqn", "dsh", "dnnh", "dqn")
 ONE_STEP = ("dsh", "dnnh", "dqn")
 CLASSICAL = ("itq", "lsh")
+# At the features scale the classical baselines are fitted on the backbone's own features (the
+# deep methods' input), SDH and KSH (supervised) too.
+CLASSICAL_FEATURES = ("lsh", "itq", "sdh", "ksh")
 NEEDS = {"table2": DEEP + CLASSICAL, "table3": ("triplet", "tqn"), "figures": ("triplet", "tqn"),
          "all": DEEP + CLASSICAL, "study": ("tqn",)}
 
@@ -75,6 +79,9 @@ class ReplicateSpec:
     study_bits: Tuple[int, ...] = (12,)
     study_methods: Tuple[str, ...] = ("tqn", "dnnh")
     dnnh_study_bits: Tuple[int, ...] = (12,)
+    seeds: Optional[Tuple[int, ...]] = None        # features scale: every row's seeds (default the scale's)
+    backbone_files: Optional[Tuple[str, str, Tuple[float, ...]]] = None   # features scale: another
+                                                   # Caffe backbone (deploy, weights, BGR mean)
     methods: Optional[Tuple[str, ...]] = None      # only these of the artefact's methods
     skip: Tuple[str, ...] = ()                     # METHOD@BITS runs left out
     seed: int = 1
@@ -142,6 +149,7 @@ class Setting:
     warm_iters: int
     triplet_epochs: int          # enough triplets for both steps (the lists wrap otherwise)
     start_weights: Optional[str] = None   # every method's step-1 weights (the warm start's)
+    tag: str = ""                # the seed's sub-folder of runs/, blobs/, eval/ ("" at one seed)
 
     @classmethod
     def of(cls, spec):
@@ -161,12 +169,22 @@ class Setting:
                          batch_triplets=R["batch_triplets"], resize=resize, quiet=self.spec.quiet,
                          **extra)
 
+    def path(self, kind, *parts):
+        """work/<kind>[/<seed tag>]/parts..."""
+        return os.path.join(self.work, kind, *([self.tag] if self.tag else []), *map(str, parts))
+
+    def for_seed(self, seed):
+        """This setting at seed `seed` (solver seeds and, at the features scale, the lists)."""
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=seed), tag=f"seed{seed}")
+
     def train_spec(self, data, bits, out, method="tqn", steps=(1, 2), lr=None, tqn=None,
                    method_params=None):
         """A run at this replication's budget, seeds and start; lr: one rate for a one-step
         method, or TQN's two."""
         lr = self.method_lr.get(method) if lr is None else lr
         base_lr = None if lr is None else (tuple(lr) if isinstance(lr, (tuple, list)) else (lr, lr))
+        if isinstance(data, dict):      # the features scale: the seed's own training data
+            data = data[self.spec.seed]
         return TrainSpec(data=data, dataset=R["dataset"], scale=self.spec.scale, bits=bits, out=out,
                          method=method, steps=tuple(steps), weights=self.start_weights,
                          seed=self.spec.seed, iters=self.iters, base_lr=base_lr,
@@ -189,6 +207,29 @@ def prepare_data(setting):
             raise PipelineError(f"the {name} lists of protocols {R['protocols']} differ; the shared "
                                 f"training and extraction assume they are equal")
     return folders
+
+
+def feature_data(setting, images, seeds):
+    """The features scale: the backbone's features of the image build `images` (computed once,
+    data_prep.features) and each seed's training data folder: (features folder, {seed: folder})."""
+    scale = D.REPLICATION_SCALES[setting.spec.scale]
+    own = setting.spec.backbone_files
+    name = f"{'custom' if own else scale['backbone']}-{scale['input_size']}"
+    features = os.path.join(setting.work, "features", name)
+    say(f"features: {name} of {images} -> {features}")
+    if own:
+        spec = F.FeatureSpec(images=images, out=features, deploy=own[0], weights=own[1],
+                             input_size=scale["input_size"], mean_bgr=tuple(own[2]), quiet=setting.spec.quiet)
+    else:
+        spec = F.spec_from_backbone(images, features, scale["backbone"], scale["input_size"],
+                                    quiet=setting.spec.quiet)
+    F.extract(spec)
+    folders = {}
+    for seed in seeds:
+        folders[seed] = os.path.join(setting.work, "data", f"features-seed{seed}")
+        F.training_data(features, images, folders[seed], seed, max(1, setting.triplet_epochs),
+                        R["batch_triplets"], quiet=setting.spec.quiet)
+    return features, folders
 
 
 def start_from_warm_start(setting, data, folder, cost, what):
@@ -218,7 +259,7 @@ def step2_variant(setting, data, bits, step1_run, run, variant, label):
 def train_all(setting, data, bits, methods, choices):
     """Every model of one width: {label: Model} (labels: triplet, tqn, dsh, dnnh, dqn and the
     held-out choices' tqn-recommended, dnnh-recommended)."""
-    root = os.path.join(setting.work, "runs", f"{bits}bits")
+    root = setting.path("runs", f"{bits}bits")
     models = {}
     if "triplet" in methods or "tqn" in methods:
         steps = (1, 2) if "tqn" in methods else (1,)
@@ -246,16 +287,18 @@ def train_all(setting, data, bits, methods, choices):
 def score_both_protocols(setting, data, model, bits, cost):
     """Extracts a model once (cifar10-2), derives the dsh view, evaluates both:
     ({protocol: blobs folder}, {protocol: evaluation})."""
-    base = os.path.join(setting.work, "blobs", f"{bits}bits", model.label)
+    base = setting.path("blobs", f"{bits}bits", model.label)
+    if isinstance(data, dict):
+        data = data[setting.spec.seed]
     blobs = {"cifar10-2": os.path.join(base, "cifar10-2"), "dsh": os.path.join(base, "dsh")}
     evals = {}
     meta, evals["cifar10-2"] = score(model, data, blobs["cifar10-2"],
-                                     os.path.join(setting.work, "eval", "cifar10-2", f"{bits}bits", model.label),
+                                     setting.path("eval", "cifar10-2", f"{bits}bits", model.label),
                                      R["classes"])
     cost.add("extraction", meta.get("seconds"), f"{bits} bits {model.label}")
     B.write_dsh_view(blobs["cifar10-2"], blobs["dsh"])
     evals["dsh"] = evaluation.evaluate(blobs["dsh"], num_classes=R["classes"],
-                                       out=os.path.join(setting.work, "eval", "dsh", f"{bits}bits", model.label))
+                                       out=setting.path("eval", "dsh", f"{bits}bits", model.label))
     for p in R["protocols"]:
         cost.add("evaluation", evals[p].get("seconds"), f"{bits} bits {model.label} {p}")
         say(f"{bits} bits, {model.label}, protocol {p}: BC mAP {evals[p]['binary']['map_tie_aware']:.4f}, "
@@ -282,6 +325,25 @@ def classical_rows(setting, blobs, bits, protocol, methods):
     return rows
 
 
+def classical_feature_rows(setting, features, methods, cost):
+    """The features scale: each classical baseline fitted on the backbone's features of the
+    training set (originals), at every width, per protocol; rows at this setting's seed."""
+    read = {n: F.read_feature_lmdb(os.path.join(features, "lmdb", n)) for n in ("train", "query")}
+    sets = {"cifar10-2": (read["query"], read["train"]), "dsh": (read["query"], read["query"])}
+    rows = {p: [] for p in R["protocols"]}
+    for bits in setting.spec.bits:
+        for method in methods:
+            for p in R["protocols"]:
+                m, info = evaluation.evaluate_baseline(method, bits, read["train"], *sets[p], setting.spec.seed,
+                                                       exclude_self=p == "dsh")
+                cost.add("classical", info.get("wall_seconds"), f"{bits} bits {method} {p}")
+                rows[p].append(report.baseline_row(method, bits, m, info, p, "backbone features",
+                                                   "(on the backbone's features)", setting.spec.seed))
+                say(f"{bits} bits, {method.upper()} (seed {setting.spec.seed}), protocol {p}: "
+                    f"BC mAP {m['map_tie_aware']:.4f}")
+    return rows
+
+
 def row_name(label, choices):
     return {"triplet": "Triplet only", "tqn": "TQN (paper's settings)",
             "tqn-recommended": f"TQN (held-out choice: {choices.get('tqn')})",
@@ -305,6 +367,12 @@ def title(setting, protocol=None):
     budget = (f"TQN {s.iters[0]}+{s.iters[1]} iterations, others {sum(s.iters)}" if s.iters
               else "the paper's epochs")
     start = f"warm start {s.warm_iters} iterations, " if s.warm_iters else "from scratch, "
+    if s.spec.scale == "features":
+        scale = D.REPLICATION_SCALES["features"]
+        seeds = s.spec.seeds or scale["seeds"]
+        start = (f"fixed {'custom' if s.spec.backbone_files else scale['backbone']} features at "
+                 f"{scale['input_size']}x{scale['input_size']}, mean ± sd over seeds "
+                 f"{', '.join(map(str, seeds))}, ")
     if protocol is None:
         return f"CIFAR-10 / {s.spec.scale} / {start}{budget}"
     return f"CIFAR-10 / {s.spec.scale} scale / protocol {protocol} / {start}{budget}: mAP"
@@ -364,9 +432,30 @@ def tabulate(setting, methods, choices, data, cost):
             for p in R["protocols"]:
                 evals[p].setdefault(bits, {})[label] = result[p]
                 rows[p].append(model_row(setting, model, bits, result[p], p, choices, step1))
-                if label == "triplet":
+                if label == "triplet" and setting.spec.scale != "features":
                     rows[p] += classical_rows(setting, blobs, bits, p, [m for m in CLASSICAL if m in methods])
     return rows, evals, runs
+
+
+def tabulate_seeds(setting, methods, choices, images, cost):
+    """The features scale: every model and classical baseline at each seed; rows are the seeds'
+    mean ± sd (report.seed_mean_rows); the evaluations and loss curves shown are the first
+    seed's. -> (rows, evaluations, TQN runs, seeds)."""
+    seeds = list(setting.spec.seeds or D.REPLICATION_SCALES[setting.spec.scale]["seeds"])
+    features, data = feature_data(setting, images, seeds)
+    rows = {p: [] for p in R["protocols"]}
+    first = None
+    for seed in seeds:
+        sub = setting.for_seed(seed)
+        say(f"seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
+        r, e, runs = tabulate(sub, methods, choices, data, cost)
+        wanted = setting.spec.methods
+        classical = classical_feature_rows(sub, features, [m for m in CLASSICAL_FEATURES
+                                                           if not wanted or m in wanted], cost)
+        for p in R["protocols"]:
+            rows[p] += r[p] + classical[p]
+        first = first or (e, runs)
+    return {p: report.seed_mean_rows(rows[p]) for p in rows}, first[0], first[1], seeds
 
 
 def run(spec):
@@ -393,15 +482,19 @@ def run(spec):
                              D.DNNH_STUDY_DEFAULT) if "dnnh" in methods else None)
     data = prepare_data(setting)["cifar10-2"]
     cost = Cost()
-    start_from_warm_start(setting, data, os.path.join(setting.work, "warm_start"), cost, "warm start")
-    rows, evals, runs = tabulate(setting, methods, choices, data, cost)
+    if spec.scale == "features":
+        rows, evals, runs, seeds = tabulate_seeds(setting, methods, choices, data, cost)
+    else:
+        start_from_warm_start(setting, data, os.path.join(setting.work, "warm_start"), cost, "warm start")
+        rows, evals, runs = tabulate(setting, methods, choices, data, cost)
+        seeds = [spec.seed]
     tables = write_tables(setting, methods, rows, evals, runs, choices)
     copy_logs(setting.work, setting.results)
     summary = dict(artefact=spec.artefact, scale=spec.scale, bits=list(spec.bits), iterations=setting.iters,
                    recommended_step2=choices["tqn"], recommended_dnnh=choices["dnnh"],
                    method_learning_rates=setting.method_lr, skipped=list(spec.skip),
                    warm_start_iterations=setting.warm_iters, weights=spec.weights,
-                   data_seed=spec.data_seed, solver_seed=spec.seed, tqn_overrides=spec.tqn,
+                   data_seed=spec.data_seed, solver_seed=spec.seed, seeds=seeds, tqn_overrides=spec.tqn,
                    protocols=list(R["protocols"]), seconds=round(time.monotonic() - start, 1),
                    cost=cost.summary(), tables=tables)
     say(cost.line())
@@ -525,24 +618,35 @@ def main(argv=None):
                     help="whose settings the study compares (artefact study)")
     ap.add_argument("--dnnh-study-bits", type=int, nargs="+", default=[12],
                     help="widths of DNNH's held-out study (artefact study)")
-    ap.add_argument("--methods", nargs="+", choices=DEEP + CLASSICAL,
+    ap.add_argument("--methods", nargs="+", choices=DEEP + CLASSICAL_FEATURES,
                     help="only these of the artefact's methods (the tables then hold only them)")
     ap.add_argument("--skip", nargs="+", default=[], metavar="METHOD@BITS",
                     help="leave these runs out (their table cells show -), e.g. dnnh@48")
+    ap.add_argument("--backbone-deploy", help="features scale: another Caffe backbone's deploy.prototxt "
+                                             "(with --backbone-weights; default: the scale's)")
+    ap.add_argument("--backbone-weights")
+    ap.add_argument("--backbone-mean", default="104,117,123", help="its BGR mean (default 104,117,123)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+",
+                    help="features scale: the seeds of every row (default 1 2 3); each seeds the lists, "
+                         "the mirror choices and Caffe")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="results go to OUT/results")
     ap.add_argument("--work", help="models, LMDBs and blobs (default OUT/work; keep it out of git)")
     ap.add_argument("--gpu", help="GPU id(s) for caffe train -gpu (the paper scale needs one)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
-    spec = ReplicateSpec(artefact=a.artefact, archive=a.archive, out=a.out, scale=a.scale,
+    if bool(a.backbone_deploy) != bool(a.backbone_weights):
+        ap.error("--backbone-deploy and --backbone-weights go together")
+    own = (os.path.abspath(a.backbone_deploy), os.path.abspath(a.backbone_weights),
+           tuple(float(v) for v in a.backbone_mean.split(","))) if a.backbone_deploy else None
+    spec = ReplicateSpec(artefact=a.artefact, backbone_files=own, archive=a.archive, out=a.out, scale=a.scale,
                          bits=tuple(a.bits), iters=tuple(a.iters) if a.iters else None,
                          warm_start_iters=a.warm_start_iters, weights=a.weights, tqn=dict(a.tqn),
                          study_bits=tuple(a.study_bits), study_methods=tuple(a.study_methods),
                          dnnh_study_bits=tuple(a.dnnh_study_bits),
                          methods=tuple(a.methods) if a.methods else None, skip=tuple(a.skip),
-                         seed=a.seed, data_seed=a.data_seed, work=a.work, gpu=a.gpu, quiet=a.quiet)
+                         seed=a.seed, seeds=tuple(a.seeds) if a.seeds else None, data_seed=a.data_seed, work=a.work, gpu=a.gpu, quiet=a.quiet)
     return run_command("replicate", lambda: run(spec))
 
 

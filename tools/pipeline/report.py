@@ -58,6 +58,41 @@ def baseline_row(method, bits, metrics, info, protocol, features, net, seed):
                 wall_seconds=info.get("wall_seconds"), source="measured", warnings=0, code_health="")
 
 
+def seed_mean_rows(rows):
+    """Rows of one (method, features, bits, protocol, source) at several seeds -> one row each:
+    the mean of every figure with its sample standard deviation (map_sd, real_map_sd; ddof 1),
+    the seeds listed, warnings summed, wall seconds averaged. One seed: its row, sd None."""
+    import numpy as np
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["features"], r["bits"], r["protocol"], r["source"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+
+        def stats(key):
+            values = [g[key] for g in group if g.get(key) is not None]
+            if not values:
+                return None, None
+            return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+        row["map_tie_aware"], row["map_sd"] = stats("map_tie_aware")
+        row["map_index_order"], _ = stats("map_index_order")
+        row["precision_radius2"], _ = stats("precision_radius2")
+        row["real_map"], row["real_map_sd"] = stats("real_map")
+        row["seeds"] = "; ".join(str(g["seeds"]) for g in group)
+        row["seed_count"] = len(group)
+        row["seed_values"] = [g["map_tie_aware"] for g in group]
+        row["warnings"] = sum(g["warnings"] for g in group)
+        walls = [g["wall_seconds"] for g in group if g.get("wall_seconds") is not None]
+        row["wall_seconds"] = round(float(np.mean(walls)), 1) if walls else None
+        out.append(row)
+    return out
+
+
+def _with_sd(value, sd):
+    return f"{value:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
 def dataset_name(manifest):
     """A data set's name in titles and tables: its configuration name, and for the user's own
     images (`images`) that with the folder or list file they came from, e.g. "images: flowers"."""
@@ -103,9 +138,9 @@ def method_table(rows, bits_list, title):
             if r is None:
                 cells.append("–")
             elif r["map_index_order"] is None:
-                cells.append(f"{r['map_tie_aware']:.3f}")
+                cells.append(_with_sd(r["map_tie_aware"], r.get("map_sd")))
             else:
-                cells.append(f"{r['map_tie_aware']:.3f} [{r['map_index_order']:.3f}]"
+                cells.append(f"{_with_sd(r['map_tie_aware'], r.get('map_sd'))} [{r['map_index_order']:.3f}]"
                              + (" ⚠" if r["warnings"] else ""))
         lines.append(f"| {method} | {features} | " + " | ".join(cells) + f" | {source} |")
     lines += ["", "mAP over the full Hamming ranking: tie-aware (expectation over random order within "
@@ -126,7 +161,8 @@ def method_table(rows, bits_list, title):
         lines += ["", "| real-valued mAP (Euclidean) | " + " | ".join(f"{b} bits" for b in bits_list) + " |",
                   "|---|" + "---|" * len(bits_list)]
         for name in dict.fromkeys(r["method"] for r in real):
-            cells = [next((f"{r['real_map']:.3f}" for r in real if r["method"] == name and r["bits"] == b), "–")
+            cells = [next((_with_sd(r["real_map"], r.get("real_map_sd")) for r in real
+                           if r["method"] == name and r["bits"] == b), "–")
                      for b in bits_list]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+"""The features scale: fixed backbone features (data_prep.features), mirrored seeded lists, the
+generated fc6/fc7 stand-in nets, and `tools.replicate all --scale features` over several seeds
+(mean ± sd), on a tiny fake CIFAR-10 and a backbone made by the test (nothing downloaded)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import data_prep.readers
+from data_prep import features as F
+from data_prep.fakes import fake_cifar10, write_cifar10_binary
+from data_prep.triplets import load_triplets, mirror_choice
+from prototxt import description as D
+from prototxt import generate as G
+from tools import replicate as R
+from tools.pipeline import report
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_features import MEAN, make_backbone  # noqa: E402
+
+READ_CIFAR10 = data_prep.readers.read_cifar10
+
+
+def test_mirror_choice_is_a_seeded_fair_coin_per_entry():
+    rows = np.arange(3000).reshape(-1, 3) % 100
+    a, b = mirror_choice(rows, 100, 7, 0, 2), mirror_choice(rows, 100, 7, 0, 2)
+    np.testing.assert_array_equal(a, b)
+    assert ((a == rows) | (a == rows + 100)).all()
+    share = (a >= 100).mean()
+    assert 0.45 < share < 0.55
+    assert not np.array_equal(a, mirror_choice(rows, 100, 8, 0, 2))
+    assert not np.array_equal(a, mirror_choice(rows, 100, 7, 1, 2))
+
+
+def test_feature_head_net_has_the_fc6_fc7_stand_ins_and_no_caffe_mirror():
+    net = G.train_net("cifar10", "features", 48, 1, "F/lmdb/train", "F/triplets.txt")
+    width = D.BACKBONES["feature_head"]["width"]
+    for name in ("fc6", "fc7"):
+        assert f'name: "{name}"' in net and f"num_output: {width}" in net
+    assert net.count('type: "Dropout"') == 2 and "mirror" not in net and "mean_file" not in net
+    assert D.tqn_parameters("cifar10", "features", 48)["alpha_d"] == \
+        D.tqn_parameters("cifar10", "paper", 48)["alpha_d"]
+
+
+def test_seed_mean_rows_mean_and_sample_sd():
+    rows = [dict(method="TQN", features="learned", bits=12, protocol="dsh", source="measured",
+                 map_tie_aware=v, map_index_order=v, precision_radius2=None, real_map=v + 0.1,
+                 seeds=f"s{i}", warnings=i % 2, wall_seconds=10.0 * i, net="n", iterations=1)
+            for i, v in enumerate((0.2, 0.4, 0.6))]
+    (row,) = report.seed_mean_rows(rows)
+    assert row["map_tie_aware"] == pytest.approx(0.4) and row["map_sd"] == pytest.approx(0.2)
+    assert row["real_map_sd"] == pytest.approx(0.2) and row["seed_count"] == 3 and row["warnings"] == 1
+    table = report.method_table([row], [12], "t")
+    assert "0.400 ± 0.200" in table and "0.500 ± 0.200" in table
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory, caffe_build):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(data_prep.readers, "read_cifar10", lambda p: READ_CIFAR10(p, expected=None))
+    mp.setitem(D.REPLICATION_SCALES["features"], "input_size", 12)
+    root = tmp_path_factory.mktemp("features_scale")
+    deploy, weights, _ = make_backbone(str(root))
+    images, labels = fake_cifar10(20, seed=4)                  # 100 train, 20 test images
+    archive = write_cifar10_binary(str(root / "cifar-10-binary.tar.gz"), images, labels)
+    argv = ["all", "--scale", "features", "--archive", archive, "--bits", "12", "--iters", "6", "3",
+            "--seeds", "1", "2", "--methods", "triplet", "tqn", "dsh", "lsh", "sdh",
+            "--backbone-deploy", deploy, "--backbone-weights", weights,
+            "--backbone-mean", ",".join(str(m) for m in MEAN), "--out", str(root / "out"), "--quiet"]
+    assert R.main(argv) == 0
+    yield root, argv
+    mp.undo()
+
+
+def test_features_scale_replication_over_seeds(replicated):
+    root, _ = replicated
+    out = root / "out"
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2] and summary["scale"] == "features"
+    rows = summary["tables"]["table2_cifar10-2"]
+    methods = {r["method"] for r in rows}
+    assert {"Triplet only", "TQN (paper's settings)", "DSH", "LSH", "SDH"} <= methods
+    assert all(r["seed_count"] == 2 and r["map_sd"] is not None for r in rows)
+    assert "±" in (out / "results" / "table2_dsh.md").read_text()
+    # each seed trained on its own mirrored lists, over the 2n-row feature LMDB
+    work = out / "work"
+    lists = {s: load_triplets(str(work / "data" / f"features-seed{s}" / "triplets.txt")) for s in (1, 2)}
+    assert not np.array_equal(lists[1], lists[2])
+    assert lists[1].max() >= 100 and lists[1].min() < 100
+    feats, _ = F.read_feature_lmdb(str(work / "data" / "features-seed1" / "lmdb" / "train"))
+    originals, _ = F.read_feature_lmdb(str(work / "features" / "custom-12" / "lmdb" / "train"))
+    mirrors, _ = F.read_feature_lmdb(str(work / "features" / "custom-12" / "lmdb" / "train_mirror"))
+    np.testing.assert_array_equal(feats, np.concatenate([originals, mirrors]))
+    # the database blobs are the originals' codes: as many rows as train images
+    for s in (1, 2):
+        assert (work / "runs" / f"seed{s}" / "12bits" / "tqn" / "params.json").exists()
+        meta = json.loads((work / "blobs" / f"seed{s}" / "12bits" / "tqn" / "cifar10-2" / "meta.json").read_text())
+        assert meta["counts"]["database"] == 100
+
+
+def test_features_scale_rerun_does_nothing(replicated, capsys):
+    root, argv = replicated
+    capsys.readouterr()
+    assert R.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "resuming" not in text and "iterations, lr" not in text
