@@ -190,15 +190,20 @@ def write_caffemodel(deploy_path, blobs, weights_path):
     net.save(weights_path)
 
 
+def sha256_of(path):
+    from .outputs import sha256_file
+    return sha256_file(path)
+
+
 def convert(pth_path, out_dir, stride2_blocks=LITE0_STRIDE2_BLOCKS, quiet=True):
     """Converts `pth_path` into `out_dir/deploy.prototxt` + `out_dir/weights.caffemodel`, atomically,
     with `out_dir/conversion.json` (data_prep.outputs marker) recording the .pth's sha256; a rerun
     for the same .pth does nothing. Returns {'deploy', 'weights', 'record'}."""
-    from .outputs import OutputLock, atomic_dir, completed, mark_complete, sha256_file
+    from .outputs import OutputLock, atomic_dir, completed, mark_complete
     from .safe_pickle import load_torch_state_dict
     out_dir = os.path.abspath(out_dir)
     marker = os.path.join(out_dir, 'conversion.json')
-    inputs = {'pth': os.path.basename(pth_path), 'pth_sha256': sha256_file(pth_path),
+    inputs = {'pth': os.path.basename(pth_path), 'pth_sha256': sha256_of(pth_path),
               'converter': 'data_prep.effnet_caffe', 'stride2_blocks': list(stride2_blocks),
               'bn_eps': BN_EPS, 'padding': 'tf-same via zero-padded (k+1) kernel at stride 2'}
     parent = os.path.dirname(out_dir)
