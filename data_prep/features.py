@@ -126,14 +126,18 @@ def read_feature_lmdb(path):
 
 def _load_images(path, rows):
     """Images and labels of rows [lo, hi) of an image LMDB, in key order."""
+    return _load_rows(path, range(*rows))
+
+
+def _load_rows(path, rows):
+    """Images and labels of the given rows of an image LMDB, in the order given."""
     from .lmdb_io import open_lmdb
-    lo, hi = rows
     env = open_lmdb(path)
     imgs, labels = [], []
     try:
         with env.begin() as txn:
-            for i in range(lo, hi):
-                v = txn.get(key(i))
+            for i in rows:
+                v = txn.get(key(int(i)))
                 if v is None:
                     raise DataPrepError(f'{path}: record {i} is missing; rebuild the image LMDBs')
                 d = parse_datum(v)
@@ -336,12 +340,14 @@ def _caffe_net(deploy, weights):
     return caffe.Net(deploy, caffe.TEST, weights=weights)
 
 
-def _forward(net, top, imgs, spec):
-    """float32 [n, 2, D]: the features of each image and its mirror."""
+def _forward(net, top, imgs, spec, mirror=True):
+    """float32 [n, 2, D]: the features of each image and its mirror (mirror=False: [n, 1, D],
+    the originals only)."""
     out = []
     bs = spec.batch_size
+    views = 2 if mirror else 1
     x = np.stack([v for img in imgs for v in preprocess(img, spec.input_size, spec.mean_bgr, spec.std,
-                                                         spec.channels)])
+                                                         spec.channels)[:views]])
     for lo in range(0, len(x), bs):
         batch = x[lo:lo + bs]
         data = net.blobs['data']
@@ -353,7 +359,25 @@ def _forward(net, top, imgs, spec):
     feats = np.concatenate(out)
     if not np.isfinite(feats).all():
         raise DataPrepError('the backbone produced non-finite features; check its weights')
-    return feats.reshape(len(imgs), 2, -1)
+    return feats.reshape(len(imgs), views, -1)
+
+
+def features_of_rows(spec, split, rows, net_factory=None):
+    """The backbone's features of the originals (no mirror) of `rows` of `spec.images`'
+    lmdb/<split>, for comparing backbones and input sizes on a sample: (float32 [n, D], labels,
+    seconds per image of the forward passes alone). Nothing is written but a temporary deploy."""
+    import tempfile
+    src = os.path.join(spec.images, 'lmdb', split)
+    imgs, labels = _load_rows(src, rows)
+    text, top = feature_deploy(open(spec.deploy).read(), spec.input_size, spec.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        deploy = os.path.join(tmp, 'feature_deploy.prototxt')
+        write_text(deploy, text)
+        net = (net_factory or _caffe_net)(deploy, spec.weights)
+        start = time.perf_counter()
+        feats = _forward(net, top, imgs, spec, mirror=False)[:, 0]
+        seconds = time.perf_counter() - start
+    return feats, labels, seconds / max(1, len(imgs))
 
 
 def spec_from_backbone(images, out, backbone, input_size, cache=None, **kw):

@@ -264,6 +264,16 @@ REPLICATION_SCALES = {
                      backbone="nsfw-resnet50-1by2", input_size=96, seeds=(1, 2, 3)),
 }
 
+# The features scale's backbone and input size, compared on held-out training data by
+# `tools.replicate backbone` (OURS): each candidate's features of a seeded sample of
+# `train_sample` held-in images fit SDH at `bits` bits, scored by binary mAP (tie-aware) of
+# cifar10-holdout's 1,000 held-out queries against its 4,000 held-out database images. The best
+# backbone wins; its input size is the cheapest (ms an image) within `tolerance` of its best.
+BACKBONE_STUDY = dict(
+    candidates=(("nsfw-resnet50-1by2", 64), ("nsfw-resnet50-1by2", 96), ("nsfw-resnet50-1by2", 128),
+                ("efficientnet-lite0", 96), ("efficientnet-lite0", 128)),
+    train_sample=5000, bits=48, method="sdh", tolerance=0.01)
+
 # TQN step-2 settings tried on held-out training data (protocol cifar10-holdout) by
 # `tools.replicate study`: the paper's, and one change each (OURS). The best by held-out binary
 # mAP becomes the "held-out choice" shown beside the paper-exact rows.

@@ -107,3 +107,37 @@ def test_features_scale_rerun_does_nothing(replicated, capsys):
     assert R.main(argv) == 0
     text = capsys.readouterr().out
     assert "resuming" not in text and "iterations, lr" not in text
+
+
+def test_choose_backbone_rule():
+    results = {("a", 64): dict(bc_map=0.50, ms_per_image=1.0), ("a", 96): dict(bc_map=0.505, ms_per_image=2.0),
+               ("b", 96): dict(bc_map=0.60, ms_per_image=5.0), ("b", 128): dict(bc_map=0.605, ms_per_image=9.0),
+               ("b", 64): dict(bc_map=0.58, ms_per_image=2.0)}
+    assert R.choose_backbone(results, 0.01) == ("b", 96)      # within 0.01 of b's best, cheaper
+    assert R.choose_backbone(results, 0.0) == ("b", 128)
+    assert R.choose_backbone(results, 0.05) == ("b", 64)
+
+
+def test_backbone_study_on_held_out_data(tmp_path, caffe_build, capsys):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(data_prep.readers, "read_cifar10", lambda p: READ_CIFAR10(p, expected=None))
+    mp.setitem(D.BACKBONE_STUDY, "candidates", (("x", 8), ("x", 12)))
+    mp.setitem(D.BACKBONE_STUDY, "bits", 12)
+    try:
+        deploy, weights, _ = make_backbone(str(tmp_path))
+        images, labels = fake_cifar10(1100, seed=6)            # ~550 training images a class
+        archive = write_cifar10_binary(str(tmp_path / "cifar-10-binary.tar.gz"), images, labels)
+        argv = ["backbone", "--archive", archive, "--out", str(tmp_path / "out"), "--quiet",
+                "--backbone-deploy", deploy, "--backbone-weights", weights]
+        assert R.main(argv) == 0
+        summary = json.loads((tmp_path / "out" / "results" / "backbone_study.json").read_text())
+        assert [c["input_size"] for c in summary["candidates"]] == [8, 12]
+        assert all(0 < c["bc_map"] <= 1 and c["dimension"] == 5 for c in summary["candidates"])
+        assert summary["chosen"]["input_size"] in (8, 12)
+        assert "held-out" in (tmp_path / "out" / "results" / "backbone_study.md").read_text()
+        capsys.readouterr()
+        assert R.main(argv) == 0                                   # every candidate is done
+        assert "held-in +" not in capsys.readouterr().out
+    finally:
+        mp.undo()

@@ -7,7 +7,8 @@
 
 ARTEFACT is table2 (every method x 12/24/48 bits, binary and real-valued mAP), table3 (RF vs BC,
 triplet vs TQN), figures (Fig. 1-2: both steps' loss curves, with the other loss monitored),
-all, or study: TQN's step-2 settings and DNNH's training settings
+all, backbone (the features scale's backbone and input size, D.BACKBONE_STUDY, on held-out
+training data), or study: TQN's step-2 settings and DNNH's training settings
 (prototxt/description.py STUDY_VARIANTS, DNNH_STUDY_VARIANTS) compared on held-out training data
 (protocol cifar10-holdout, never the test set). When OUT/results/study.json chose another setting
 than the paper's, table2/table3/all add "TQN (held-out choice)" rows (step 2 only, from the same
@@ -61,7 +62,7 @@ CLASSICAL = ("itq", "lsh")
 # deep methods' input), SDH and KSH (supervised) too.
 CLASSICAL_FEATURES = ("lsh", "itq", "sdh", "ksh")
 NEEDS = {"table2": DEEP + CLASSICAL, "table3": ("triplet", "tqn"), "figures": ("triplet", "tqn"),
-         "all": DEEP + CLASSICAL, "study": ("tqn",)}
+         "all": DEEP + CLASSICAL, "study": ("tqn",), "backbone": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,11 +210,33 @@ def prepare_data(setting):
     return folders
 
 
+def backbone_choice(results):
+    """{"backbone", "input_size"} chosen by the backbone artefact (results/backbone_study.json),
+    or None when it has not run; a file that is not its record is a ValueError naming it."""
+    path = os.path.join(results, "backbone_study.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            chosen = json.load(f)["chosen"]
+        if chosen["backbone"] not in F.BACKBONE_MEANS or int(chosen["input_size"]) < 1:
+            raise ValueError(f"unknown backbone {chosen['backbone']!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a backbone study's record ({e!r}); delete it or rerun "
+                         f"python -m tools.replicate backbone") from None
+    return chosen
+
+
 def feature_data(setting, images, seeds):
     """The features scale: the backbone's features of the image build `images` (computed once,
     data_prep.features) and each seed's training data folder: (features folder, {seed: folder})."""
-    scale = D.REPLICATION_SCALES[setting.spec.scale]
+    scale = dict(D.REPLICATION_SCALES[setting.spec.scale])
     own = setting.spec.backbone_files
+    chosen = None if own else backbone_choice(setting.results)
+    if chosen:
+        scale.update(backbone=chosen["backbone"], input_size=chosen["input_size"])
+        say(f"features: the held-out choice of results/backbone_study.json: {chosen['backbone']} at "
+            f"{chosen['input_size']}x{chosen['input_size']}")
     name = f"{'custom' if own else scale['backbone']}-{scale['input_size']}"
     features = os.path.join(setting.work, "features", name)
     say(f"features: {name} of {images} -> {features}")
@@ -473,6 +496,8 @@ def run(spec):
                              f"(e.g. dnnh@48), got {item!r}")
     if spec.artefact == "study":
         return dict(chosen=study(setting))
+    if spec.artefact == "backbone":
+        return backbone_study(setting)
     methods = tuple(m for m in NEEDS[spec.artefact] if not spec.methods or m in spec.methods)
     # The held-out choices (OUT/results/study*.json), checked before any work is done.
     choices = dict(
@@ -598,6 +623,94 @@ def study(setting):
         if os.path.exists(os.path.join(setting.results, name)):
             print(open(os.path.join(setting.results, name)).read())
     return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# The features scale's backbone and input size, chosen on held-out training data
+
+def backbone_candidate(setting, data, name, size, rows, folder):
+    """One candidate's held-out figure (D.BACKBONE_STUDY), computed once (folder/result.json)."""
+    import numpy as np
+    from data_prep.outputs import completed, mark_complete, sha256_bytes, sha256_file
+    study = D.BACKBONE_STUDY
+    inputs = dict(backbone=name, input_size=size, train_rows_sha=sha256_bytes(np.asarray(rows).tobytes()),
+                  images_manifest_sha256=sha256_file(os.path.join(data, "dataset.json")),
+                  bits=study["bits"], method=study["method"], seed=setting.spec.seed)
+    marker = os.path.join(folder, "result.json")
+    done = completed(marker, inputs)
+    if done is not None:
+        return done
+    if setting.spec.backbone_files:
+        deploy, weights, mean = setting.spec.backbone_files
+        spec = F.FeatureSpec(images=data, out=folder, deploy=deploy, weights=weights, input_size=size,
+                             mean_bgr=tuple(mean), backbone=name)
+    else:
+        spec = F.spec_from_backbone(data, folder, name, size)
+    with open(os.path.join(data, "dataset.json")) as f:
+        counts = json.load(f)["counts"]
+    say(f"backbone study: {name} at {size}x{size} on {len(rows)} held-in + {counts['query']} + "
+        f"{counts['database']} held-out images")
+    parts = {"train": F.features_of_rows(spec, "train", rows),
+             "query": F.features_of_rows(spec, "query", range(counts["query"])),
+             "database": F.features_of_rows(spec, "database", range(counts["database"]))}
+    images = sum(len(v[1]) for v in parts.values())
+    ms = 1000 * sum(v[2] * len(v[1]) for v in parts.values()) / images
+    m, info = evaluation.evaluate_baseline(study["method"], study["bits"], parts["train"][:2],
+                                           parts["query"][:2], parts["database"][:2], setting.spec.seed,
+                                           exclude_self=False)
+    os.makedirs(folder, exist_ok=True)
+    return mark_complete(marker, inputs, bc_map=m["map_tie_aware"], ms_per_image=round(ms, 2),
+                         dimension=int(parts["train"][0].shape[1]), images=images)
+
+
+def choose_backbone(results, tolerance):
+    """{(name, size): result} -> (name, size): the backbone of the best held-out mAP, at its
+    cheapest input size within `tolerance` of that backbone's best."""
+    best = max(results, key=lambda k: results[k]["bc_map"])
+    sizes = [k for k in results if k[0] == best[0] and results[k]["bc_map"] >= results[best]["bc_map"] - tolerance]
+    return min(sizes, key=lambda k: results[k]["ms_per_image"])
+
+
+def backbone_study(setting):
+    """Compares D.BACKBONE_STUDY's candidates on cifar10-holdout (never the test set); writes
+    results/backbone_study.md/.json with the choice."""
+    import numpy as np
+    study = D.BACKBONE_STUDY
+    data = os.path.join(setting.work, "data", R["held_out_protocol"])
+    build(setting.data_spec(R["held_out_protocol"], data))
+    with open(os.path.join(data, "dataset.json")) as f:
+        n_train = json.load(f)["counts"]["train"]
+    rng = np.random.default_rng([setting.spec.data_seed, 12])
+    rows = np.sort(rng.choice(n_train, size=min(study["train_sample"], n_train), replace=False))
+    candidates = [tuple(c) for c in study["candidates"]]
+    if setting.spec.backbone_files:
+        candidates = [("custom", size) for size in sorted({c[1] for c in candidates})]
+    results = {}
+    for name, size in candidates:
+        r = backbone_candidate(setting, data, name, size, rows,
+                               os.path.join(setting.work, "backbone_study", f"{name}-{size}"))
+        results[(name, size)] = r
+        say(f"backbone study: {name} at {size}: held-out {study['method'].upper()}-{study['bits']} BC mAP "
+            f"{r['bc_map']:.4f}, {r['ms_per_image']:.1f} ms an image, {r['dimension']}-d")
+    chosen = choose_backbone(results, study["tolerance"])
+    lines = [f"# Backbone and input size on held-out training data (protocol {R['held_out_protocol']}: "
+             f"{study['method'].upper()} at {study['bits']} bits fitted on {len(rows)} held-in images, "
+             f"1,000 held-out queries vs 4,000 held-out database images; never the test set)", "",
+             "| backbone | input | dims | held-out BC mAP | ms an image (forward, this run) |", "|---|---|---|---|---|"]
+    for (name, size), r in results.items():
+        mark = " (chosen)" if (name, size) == chosen else ""
+        lines.append(f"| {name}{mark} | {size}x{size} | {r['dimension']} | {r['bc_map']:.4f} | {r['ms_per_image']:.1f} |")
+    lines += ["", f"Rule: the backbone of the best held-out mAP, at its cheapest input size within "
+              f"{study['tolerance']} of its best: **{chosen[0]} at {chosen[1]}x{chosen[1]}**."]
+    rows_out = [dict(backbone=n, input_size=s, **{k: r[k] for k in ("bc_map", "ms_per_image", "dimension")})
+                for (n, s), r in results.items()]
+    report.write_table(os.path.join(setting.results, "backbone_study.md"), "\n".join(lines) + "\n", rows_out)
+    summary = dict(candidates=rows_out, chosen=dict(backbone=chosen[0], input_size=chosen[1]),
+                   rule=dict(study), train_rows=len(rows), data_seed=setting.spec.data_seed,
+                   seed=setting.spec.seed)
+    report.write_json(os.path.join(setting.results, "backbone_study.json"), summary)
+    print("\n".join(lines))
+    return summary
 
 
 def main(argv=None):
