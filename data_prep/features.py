@@ -204,7 +204,7 @@ def extract(spec, net_factory=None):
                 part = os.path.join(parts, f'{name}-{lo:08d}-{hi:08d}.npz')
                 if not os.path.exists(part):
                     if net is None:
-                        net = (net_factory or _caffe_net)(deploy_out, spec.weights)
+                        net = (net_factory or caffe_net)(deploy_out, spec.weights)
                     imgs, labels = _load_images(src, (lo, hi))
                     feats = _forward(net, top, imgs, spec)
                     with atomic_file(part, 'wb') as f:
@@ -334,7 +334,7 @@ def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, qu
                                     seconds=round(time.monotonic() - t0, 1)))
 
 
-def _caffe_net(deploy, weights):
+def caffe_net(deploy, weights):
     import caffe
     caffe.set_mode_cpu()
     return caffe.Net(deploy, caffe.TEST, weights=weights)
@@ -373,7 +373,7 @@ def features_of_rows(spec, split, rows, net_factory=None):
     with tempfile.TemporaryDirectory() as tmp:
         deploy = os.path.join(tmp, 'feature_deploy.prototxt')
         write_text(deploy, text)
-        net = (net_factory or _caffe_net)(deploy, spec.weights)
+        net = (net_factory or caffe_net)(deploy, spec.weights)
         start = time.perf_counter()
         feats = _forward(net, top, imgs, spec, mirror=False)[:, 0]
         seconds = time.perf_counter() - start

@@ -119,7 +119,7 @@ def test_feature_net_of_converted_model(tmp_path):
     assert top == 'pool' and 'InnerProduct' not in text
     path = tmp_path / 'feat.prototxt'
     path.write_text(text)
-    net = F._caffe_net(str(path), got['weights'])
+    net = F.caffe_net(str(path), got['weights'])
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
     spec = F.FeatureSpec(images='', out='', deploy='', weights='', input_size=64, mean_bgr=(127.0,) * 3,

@@ -127,7 +127,7 @@ def test_features_match_numpy_reference_mirror_resume_and_rerun(image_build, tmp
     calls = []
 
     def crashing_factory(deploy, weights):
-        net = F._caffe_net(deploy, weights)
+        net = F.caffe_net(deploy, weights)
         real_forward = net.forward
 
         def forward(*a, **k):
@@ -171,7 +171,7 @@ def test_real_nsfw_backbone_when_cached(tmp_path):
     text, top = F.feature_deploy(open(files['deploy.prototxt']).read(), 64, 2)
     path = tmp_path / 'feat.prototxt'
     path.write_text(text)
-    net = F._caffe_net(str(path), files['resnet_50_1by2_nsfw.caffemodel'])
+    net = F.caffe_net(str(path), files['resnet_50_1by2_nsfw.caffemodel'])
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
     spec = F.FeatureSpec(images='', out='', deploy='', weights='', input_size=64,

@@ -49,6 +49,7 @@ from data_prep import features as F
 from prototxt import description as D
 from tools.pipeline import blobs as B
 from tools.pipeline import evaluation, report
+from tools.pipeline.caffe import output_to_log
 from tools.pipeline.errors import PipelineError, run_command
 from tools.pipeline.models import score, train_models
 from tools.pipeline.training import TrainSpec, final_model, tqn_override
@@ -210,6 +211,14 @@ def prepare_data(setting):
     return folders
 
 
+def logged_net_factory(log):
+    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console."""
+    def factory(deploy, weights):
+        with output_to_log(log):
+            return F.caffe_net(deploy, weights)
+    return factory
+
+
 def backbone_choice(results):
     """{"backbone", "input_size"} chosen by the backbone artefact (results/backbone_study.json),
     or None when it has not run; a file that is not its record is a ValueError naming it."""
@@ -246,7 +255,7 @@ def feature_data(setting, images, seeds):
     else:
         spec = F.spec_from_backbone(images, features, scale["backbone"], scale["input_size"],
                                     quiet=setting.spec.quiet)
-    F.extract(spec)
+    F.extract(spec, net_factory=logged_net_factory(os.path.join(features, "caffe.log")))
     folders = {}
     for seed in seeds:
         folders[seed] = os.path.join(setting.work, "data", f"features-seed{seed}")
@@ -650,9 +659,10 @@ def backbone_candidate(setting, data, name, size, rows, folder):
         counts = json.load(f)["counts"]
     say(f"backbone study: {name} at {size}x{size} on {len(rows)} held-in + {counts['query']} + "
         f"{counts['database']} held-out images")
-    parts = {"train": F.features_of_rows(spec, "train", rows),
-             "query": F.features_of_rows(spec, "query", range(counts["query"])),
-             "database": F.features_of_rows(spec, "database", range(counts["database"]))}
+    net = logged_net_factory(os.path.join(folder, "caffe.log"))
+    parts = {"train": F.features_of_rows(spec, "train", rows, net),
+             "query": F.features_of_rows(spec, "query", range(counts["query"]), net),
+             "database": F.features_of_rows(spec, "database", range(counts["database"]), net)}
     images = sum(len(v[1]) for v in parts.values())
     ms = 1000 * sum(v[2] * len(v[1]) for v in parts.values()) / images
     m, info = evaluation.evaluate_baseline(study["method"], study["bits"], parts["train"][:2],
