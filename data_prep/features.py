@@ -7,7 +7,10 @@ BUILD is a `python -m data_prep.build` output folder (its `dataset.json` and raw
 LMDBs). The feature net is the backbone's deploy net with its input set to
 `batch x 3 x S x S`, its last Pooling layer made `global_pooling: true` and every layer after it
 (the classifier) removed (`feature_deploy`); each image is resized to S x S (bilinear), its
-stored BGR channels minus the backbone's mean, once as stored and once mirrored (left-right).
+channels in the net's order (stored BGR, or RGB for efficientnet-lite0), (x - mean) / std with the
+backbone's own mean and std (std 1 for nsfw), once as stored and once mirrored (left-right).
+`efficientnet-lite0` is converted from its .pth to a native Caffe net once (data_prep.effnet_caffe,
+cached beside the .pth); its input size must be a multiple of 32.
 
 Outputs in DIR (`features.json` is the completion marker, data_prep.outputs; written last):
 
@@ -400,7 +403,10 @@ def main(argv=None):
     ap.add_argument('--input-size', type=int, default=96)
     ap.add_argument('--deploy', help='another backbone: its deploy.prototxt (with --weights, --mean)')
     ap.add_argument('--weights')
-    ap.add_argument('--mean', default='104,117,123', help='BGR mean for --deploy (default 104,117,123)')
+    ap.add_argument('--mean', default='104,117,123', help='mean for --deploy, in its channel order '
+                    '(default 104,117,123)')
+    ap.add_argument('--std', type=float, default=1.0, help='(x - mean) / std for --deploy (default 1)')
+    ap.add_argument('--channels', choices=('bgr', 'rgb'), default='bgr', help="--deploy's channel order")
     ap.add_argument('--batch-size', type=int, default=50)
     ap.add_argument('--chunk', type=int, default=2000)
     ap.add_argument('--quiet', action='store_true')
@@ -418,7 +424,7 @@ def main(argv=None):
                 raise DataPrepError('--deploy and --weights go together')
             spec = FeatureSpec(images=args.images, out=args.out, deploy=args.deploy, weights=args.weights,
                                input_size=args.input_size, mean_bgr=tuple(float(v) for v in args.mean.split(',')),
-                               **kw)
+                               std=args.std, channels=args.channels, **kw)
         else:
             spec = spec_from_backbone(args.images, args.out, args.backbone, args.input_size, **kw)
         rec = extract(spec)

