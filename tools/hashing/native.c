@@ -449,6 +449,101 @@ static int item_cmp(const void *a, const void *b) {
     return x->i < y->i ? -1 : (x->i > y->i);
 }
 
+/* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
+ * di [ndb] distances (di[self] is overwritten), n ranked items, n_rel >= 1 relevant ones
+ * (is_rel marks them), rel [nrel_all] their rows (self possibly among them). Scratch:
+ * bucket [ndb], count / relc / place [ndb + 2] int32, items [ndb + 2]. */
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void euclid_rank(double *restrict di, int64_t ndb, int64_t self, int64_t n, int64_t n_rel,
+                        const int64_t *restrict rel, int64_t nrel_all,
+                        const uint8_t *restrict is_rel, int32_t *restrict bucket,
+                        int32_t *restrict count, int32_t *restrict relc,
+                        int32_t *restrict place, tqn_item *restrict items,
+                        const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
+                        double *ap, double *ap_c, double *mr, double *mr_c) {
+    if (self >= 0) di[self] = di[self + 1 < ndb ? self + 1 : self - 1];  /* n >= 1: exists */
+    /* min / max on the bit patterns (vectorized): distances are sums of squares, >= +0.0,
+       whose IEEE order is their unsigned integer order */
+    uint64_t ulo = UINT64_MAX, uhi = 0;
+    for (int64_t j = 0; j < ndb; j++) {
+        uint64_t u;
+        memcpy(&u, di + j, sizeof u);
+        ulo = u < ulo ? u : ulo;
+        uhi = u > uhi ? u : uhi;
+    }
+    double lo, hi;
+    memcpy(&lo, &ulo, sizeof lo);
+    memcpy(&hi, &uhi, sizeof hi);
+    const int64_t nb = n;
+    const double scale = hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0;
+    const double top = (double)(nb - 1);
+    for (int64_t j = 0; j < ndb; j++) {  /* monotone buckets, vectorized */
+        double x = (di[j] - lo) * scale;
+        x = x < top ? x : top;
+        x = x > 0.0 ? x : 0.0;
+        bucket[j] = (int32_t)x;
+    }
+    if (self >= 0) bucket[self] = (int32_t)nb;  /* not ranked: the spare bucket */
+    memset(count, 0, sizeof(int32_t) * (size_t)(nb + 1));
+    memset(relc, 0, sizeof(int32_t) * (size_t)(nb + 1));
+    for (int64_t j = 0; j < ndb; j++) count[bucket[j]]++;
+    for (int64_t r = 0; r < nrel_all; r++) relc[bucket[rel[r]]]++;
+    relc[nb] = 0;
+    /* count[b] -> #items in buckets < b; place[b] -> start of bucket b in the compact array
+       of the buckets holding a relevant item (relc[b] > 0); the other buckets (and the
+       spare one) write to a dump slot past the end, relc[b] -> 1 or 0 (advance or not) */
+    int32_t before = 0, pos = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const int32_t c = count[b];
+        count[b] = before;
+        before += c;
+        relc[b] = relc[b] != 0;
+        place[b] = pos;
+        pos += relc[b] ? c : 0;
+    }
+    for (int64_t b = 0; b <= nb; b++)
+        if (!relc[b]) place[b] = pos;
+    for (int64_t j = 0; j < ndb; j++) {  /* in index order: stable; branch-free */
+        const int32_t b = bucket[j];
+        tqn_item *it = items + place[b];
+        it->d = di[j];
+        it->i = j;
+        place[b] += relc[b];
+    }
+    /* place[b] is now the end of bucket b in the compact array (for relc[b] = 1) */
+    int64_t hits = 0, start = 0;
+    for (int64_t b = 0; b < nb && hits < n_rel; b++) {
+        if (!relc[b]) continue;
+        const int64_t end = place[b];
+        const int64_t len = end - start;
+        if (len > 32) {
+            qsort(items + start, (size_t)len, sizeof(tqn_item), item_cmp);
+        } else if (len > 1) {
+            for (int64_t x = start + 1; x < end; x++) {
+                tqn_item t = items[x];
+                int64_t y = x - 1;
+                while (y >= start && (items[y].d > t.d)) {  /* strict: stable */
+                    items[y + 1] = items[y];
+                    y--;
+                }
+                items[y + 1] = t;
+            }
+        }
+        for (int64_t p = start; p < end; p++) {
+            if (!is_rel[items[p].i]) continue;
+            const int64_t rank = (int64_t)count[b] + (p - start) + 1;
+            hits++;
+            const double prec = (double)hits / (double)rank;
+            kahan_add(ap, ap_c, prec);
+            if (rank <= n_rel) kahan_add(mr, mr_c, prec);
+            for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
+        }
+        start = end;
+    }
+}
+
 /* Index-order statistics of the Euclidean ranking (ties broken by database index), as
  * tqn_scan gives them for Hamming distances:
  *
@@ -476,10 +571,10 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
     int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
-    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ndb + 2));
-    int64_t *relc = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ndb + 2));
-    int64_t *place = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ndb + 2));
-    tqn_item *items = (tqn_item *)malloc(sizeof(tqn_item) * (size_t)(ndb + 1));
+    int32_t *count = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
+    int32_t *relc = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
+    int32_t *place = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
+    tqn_item *items = (tqn_item *)malloc(sizeof(tqn_item) * (size_t)(ndb + 2));
     uint8_t *is_rel = (uint8_t *)calloc((size_t)ndb + 1, 1);
     int status = 0;
     if (!dist || !qd || !tiles || !bucket || !count || !relc || !place || !items || !is_rel) {
@@ -503,7 +598,7 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
         if (dim >= 1) euclid_block(qd, nqb, tiles, ndb, dim, dist);
         for (int64_t a = 0; a < nqb; a++) {
             const int64_t i = i0 + a;
-            const double *di = dist + (size_t)a * (size_t)ndb;
+            double *di = dist + (size_t)a * (size_t)ndb;
             const int64_t self = self_start >= 0 && self_start + i < ndb ? self_start + i : -1;
             const int64_t n = ndb - (self >= 0);
             double ap = 0.0, ap_c = 0.0, mr = 0.0, mr_c = 0.0;
@@ -521,75 +616,9 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
                 for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
                 continue;
             }
-            double lo = 0.0, hi = 0.0;
-            int first = 1;
-            for (int64_t j = 0; j < ndb; j++) {
-                if (j == self) continue;
-                if (first || di[j] < lo) lo = di[j];
-                if (first || di[j] > hi) hi = di[j];
-                first = 0;
-            }
-            const int64_t nb = n;
-            const double scale = hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0;
-            memset(count, 0, sizeof(int64_t) * (size_t)(nb + 1));
-            memset(relc, 0, sizeof(int64_t) * (size_t)(nb + 1));
-            for (int64_t j = 0; j < ndb; j++) {
-                int64_t b = (int64_t)((di[j] - lo) * scale);
-                if (b >= nb) b = nb - 1;
-                if (b < 0) b = 0;
-                bucket[j] = (int32_t)b;
-            }
-            if (self >= 0) bucket[self] = (int32_t)nb;  /* not ranked: the spare bucket */
-            for (int64_t j = 0; j < ndb; j++) count[bucket[j]]++;
-            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++)
-                if (rel_idx[r] != self) relc[bucket[rel_idx[r]]]++;
-            /* count[b] -> #items in buckets < b; place[b] -> start of bucket b in the compact
-               array of the buckets holding a relevant item (relc[b] > 0) */
-            int64_t before = 0, pos = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                const int64_t c = count[b];
-                count[b] = before;
-                before += c;
-                place[b] = pos;
-                if (relc[b]) pos += c;
-            }
-            for (int64_t j = 0; j < ndb; j++) {  /* in index order: stable */
-                const int32_t b = bucket[j];
-                if (b == nb || !relc[b]) continue;
-                tqn_item *it = items + place[b]++;
-                it->d = di[j];
-                it->i = j;
-            }
-            /* place[b] is now the end of bucket b in the compact array (for relc[b] > 0) */
-            int64_t hits = 0, start = 0;
-            for (int64_t b = 0; b < nb && hits < n_rel; b++) {
-                if (!relc[b]) continue;
-                const int64_t end = place[b];
-                const int64_t len = end - start;
-                if (len > 32) {
-                    qsort(items + start, (size_t)len, sizeof(tqn_item), item_cmp);
-                } else if (len > 1) {
-                    for (int64_t x = start + 1; x < end; x++) {
-                        tqn_item t = items[x];
-                        int64_t y = x - 1;
-                        while (y >= start && (items[y].d > t.d)) {  /* strict: stable */
-                            items[y + 1] = items[y];
-                            y--;
-                        }
-                        items[y + 1] = t;
-                    }
-                }
-                for (int64_t p = start; p < end; p++) {
-                    if (!is_rel[items[p].i]) continue;
-                    const int64_t rank = count[b] + (p - start) + 1;
-                    hits++;
-                    const double prec = (double)hits / (double)rank;
-                    kahan_add(&ap, &ap_c, prec);
-                    if (rank <= n_rel) kahan_add(&mr, &mr_c, prec);
-                    for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
-                }
-                start = end;
-            }
+            euclid_rank(di, ndb, self, n, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i],
+                        is_rel, bucket, count, relc, place, items, ks, nk, hk, &ap, &ap_c, &mr,
+                        &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
             for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
