@@ -32,6 +32,10 @@ Sections (``--sections``):
   popcount    the lower bound nq * ndb * ceil(nbits / 64) XOR + popcount operations at
               the single-core rate measured with a tight numpy loop (np.bitwise_xor and
               np.bitwise_count into preallocated buffers).
+  euclidean   exact Euclidean evaluation of 48-d float32 features (10 Gaussian clusters):
+              tools.hashing.metrics.euclidean_metrics with the C kernel (tqn_euclid), the
+              numpy reference (subset, extrapolated; checked against ours) and faiss
+              IndexFlatL2 search with k = ndb, one thread (subset, extrapolated).
   dqn_adc     DQN's retrieval by asymmetric quantizer distance (tools/hashing/pq.py) on product-
               quantized data: nq queries x ndb database vectors, D = 300, M = 6 codebooks of
               K = 256 centroids (48 bits), 10 Gaussian clusters = classes; codebooks trained
@@ -377,7 +381,72 @@ def worker_adc(a):
     return out
 
 
-WORKERS = dict(ours=worker_ours, faiss=worker_faiss, reference=worker_reference,
+def make_features(nq, ndb, seed, dim=48, classes=10, spread=1.5):
+    """float32 features [n, dim] and labels: 10 Gaussian clusters (unit-normal centres,
+    noise sd `spread`), queries and database drawn independently."""
+    rng = np.random.default_rng([seed, dim, 7])
+    centres = rng.normal(size=(classes, dim))
+
+    def draw(n):
+        labels = rng.integers(0, classes, n)
+        return (centres[labels] + rng.normal(scale=spread, size=(n, dim))).astype(
+            np.float32), labels
+
+    q, ql = draw(nq)
+    db, dbl = draw(ndb)
+    return q, ql, db, dbl
+
+
+def worker_euclid(a):
+    """One timing of the euclidean section (a.variant): ours = euclidean_metrics with the C
+    kernel (default ks), numpy = the same with native.disabled() (subset, extrapolated, its
+    metrics checked against ours on the same queries), faiss = IndexFlatL2 search with
+    k = ndb, one thread (subset, extrapolated; search only)."""
+    from tools.hashing import native as _native
+    from tools.hashing import metrics as M
+    q, ql, db, dbl = make_features(a.nq, a.ndb, a.seed)
+    n = min(a.timed or a.nq, a.nq)
+    if a.variant == "faiss":
+        import faiss
+        faiss.omp_set_num_threads(1)
+        index = faiss.IndexFlatL2(q.shape[1])
+        index.add(db)
+        k = a.ndb
+        batch = max(1, min(n, (256 << 20) // (k * 12)))
+        index.search(q[:1], k)  # warm-up
+        rss_before = common.peak_rss_mib()
+
+        def run():
+            for s in range(0, n, batch):
+                index.search(q[s:s + batch], k)
+
+        _, wall, cpu = timed(run)
+        return dict(cpu_s=cpu * a.nq / n, wall_s=wall * a.nq / n, timed_queries=n,
+                    extrapolated=n < a.nq, k=k, threads=1, rss_before_mib=rss_before,
+                    rss_peak_mib=common.peak_rss_mib())
+    ctx = _native.disabled() if a.variant == "numpy" else contextlib.nullcontext()
+    with ctx:
+        status = _native.status()
+        if a.variant == "ours" and status["backend"] != "native":
+            raise RuntimeError(f"C kernels unavailable: {status['reason']}")
+        M.euclidean_metrics(q[:2], ql[:2], db, dbl)  # warm-up
+        rss_before = common.peak_rss_mib()
+        out, wall, cpu = timed(lambda: M.euclidean_metrics(q[:n], ql[:n], db, dbl))
+    res = dict(cpu_s=cpu * a.nq / n, wall_s=wall * a.nq / n, timed_queries=n,
+               extrapolated=n < a.nq, rss_before_mib=rss_before,
+               rss_peak_mib=common.peak_rss_mib(), backend=status["backend"],
+               metrics={k: float(np.mean(out[k])) for k in
+                        ("ap", "map_at_r", "precision_at_100", "top1")})
+    if a.variant == "numpy":  # against the C kernel on the same queries
+        ours = M.euclidean_metrics(q[:n], ql[:n], db, dbl)
+        exact = [k for k in out if k not in ("ap", "map_at_r")]
+        res["counts_equal_ours"] = all(np.array_equal(out[k], ours[k]) for k in exact)
+        res["ap_max_abs_diff"] = float(max(np.max(np.abs(out[k] - ours[k]))
+                                           for k in ("ap", "map_at_r")))
+    return res
+
+
+WORKERS = dict(euclid=worker_euclid, ours=worker_ours, faiss=worker_faiss, reference=worker_reference,
                popcount=worker_popcount, adc=worker_adc)
 
 
@@ -476,6 +545,71 @@ def section_dqn_adc(cfg):
     return dict(status="done", data=dict(p, **info), runs=runs)
 
 
+def section_euclidean(cfg):
+    e = cfg.get("euclid", EUCLID)
+    runs = dict(ours=_run("euclid", cfg, 48, ONE_THREAD, variant="ours"),
+                numpy=_run("euclid", cfg, 48, ONE_THREAD, variant="numpy",
+                           timed=e["numpy_queries"]))
+    try:
+        import faiss  # noqa: F401
+        runs["faiss"] = _run("euclid", cfg, 48, ONE_THREAD, variant="faiss",
+                             timed=e["faiss_queries"])
+    except ImportError:
+        pass
+    return dict(status="done", data=dict(dim=48, classes=10, spread=1.5), runs=runs)
+
+
+def render_euclidean(result):
+    sec = result["sections"].get("euclidean", {})
+    if sec.get("status") != "done":
+        return []
+    cfg, runs = result["config"], sec["runs"]
+    m = sec.get("machine", result["machine"])
+    base = runs.get("ours")
+    lines = [f"### Real-valued features: exact Euclidean evaluation ({cfg['nq']:,} queries x "
+             f"{cfg['ndb']:,} database, {sec['data']['dim']}-d float32)", ""]
+    if "machine" in sec:
+        lines += [f"Machine: {common.machine_line(m)}" + (
+            f", load average {m['load_average_end'][0]} at end" if m.get("load_average_end")
+            else "") + f". Command: `{sec['command']}`.", ""]
+    lines += [f"Data: {sec['data']['classes']} Gaussian clusters (= classes, unit-normal centres, "
+              f"noise sd {sec['data']['spread']}). Ranking by squared Euclidean distance "
+              "(double sums of (q_k - x_k)^2 in coordinate order, ties by index), one thread "
+              "each, CPU seconds (ratios use them).", "",
+              "| method | CPU s | wall s | x ours | peak RSS MiB | note |",
+              "|---|---:|---:|---:|---:|---|"]
+
+    def row(name, r, note=""):
+        if not r:
+            return
+        ratio = r["cpu_s"] / base["cpu_s"] if base else None
+        if r.get("extrapolated"):
+            note = (note + "; " if note else "") + \
+                f"extrapolated from {r['timed_queries']:,} queries"
+        lines.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
+                     f"{_fmt(ratio, 1)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
+
+    if base:
+        mt = base["metrics"]
+        row("ours: euclidean_metrics, C kernel tqn_euclid (mAP, mAP@R, P/R/hit@1..100)", base,
+            f"mAP {mt['ap']:.4f}, mAP@R {mt['map_at_r']:.4f}")
+    r = runs.get("numpy")
+    if r:
+        row("numpy reference (same distances, stable argsort)", r,
+            ("counts = ours" if r["counts_equal_ours"] else "counts DIFFER from ours") +
+            f", AP within {r['ap_max_abs_diff']:.1g}")
+    row(f"faiss IndexFlatL2 search, k = {runs['faiss']['k']:,}, 1 thread" if
+        runs.get("faiss") else "", runs.get("faiss"),
+        "search only (no metrics)")
+    lines.append("")
+    if base:
+        mark = "met" if base["cpu_s"] <= 5 else "NOT met"
+        lines += [f"- **{mark}**: exact real-valued mAP (and the other metrics) for "
+                  f"{cfg['nq']:,} x {cfg['ndb']:,} x 48 in <= 5 s on one core: "
+                  f"{base['cpu_s']:.3g} s CPU", ""]
+    return lines
+
+
 def _pending(needs, plan):
     return lambda cfg: dict(status="pending", needs=needs, plan=plan)
 
@@ -488,7 +622,9 @@ SECTIONS = {
     # The loss and data layers' shares of a training iteration are measured by
     # bench/bench_training.py (`caffe time`). A hook for a later part:
     "dqn_adc": section_dqn_adc,
+    "euclidean": section_euclidean,
 }
+EUCLID = dict(numpy_queries=300, faiss_queries=500)
 PQ = dict(dim=300, m=6, k=256, classes=10, spread=0.35, brute_queries=1000)
 
 
@@ -611,6 +747,7 @@ def render(result):
                   "| method | CPU s | wall s | x ours | peak RSS MiB | note |",
                   "|---|---:|---:|---:|---:|---|", *rows, ""]
     lines += render_dqn_adc(result)
+    lines += render_euclidean(result)
     if result["goals"]:
         lines += ["### Goals", ""]
         for g in result["goals"]:

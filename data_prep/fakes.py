@@ -55,14 +55,14 @@ def _write(dest, folder, files):
     return dest
 
 
-def write_cifar10_binary(dest, images, labels):
+def write_cifar10_binary(dest, images, labels, class_names=CLASS_NAMES):
     n = len(images) // 6
     files = {}
     for b, batch in enumerate(BATCHES):
         sl = slice(b * n, (b + 1) * n)
         files[batch + '.bin'] = np.concatenate([labels[sl, None].astype(np.uint8), _planes(images[sl])],
                                                axis=1).tobytes()
-    files['batches.meta.txt'] = ('\n'.join(CLASS_NAMES) + '\n\n').encode()
+    files['batches.meta.txt'] = ('\n'.join(class_names) + '\n\n').encode()
     return _write(dest, 'cifar-10-batches-bin', files)
 
 
@@ -99,7 +99,8 @@ def py2_pickle_dumps(obj, numpy_module='numpy.core.multiarray'):
     return f.getvalue()
 
 
-def write_cifar10_python(dest, images, labels, numpy_module='numpy.core.multiarray'):
+def write_cifar10_python(dest, images, labels, numpy_module='numpy.core.multiarray',
+                         class_names=CLASS_NAMES):
     n = len(images) // 6
     files = {}
     for b, batch in enumerate(BATCHES):
@@ -110,6 +111,6 @@ def write_cifar10_python(dest, images, labels, numpy_module='numpy.core.multiarr
             'data': np.ascontiguousarray(_planes(images[sl])),
             'filenames': [f'fake_{i:06d}.png' for i in range(b * n, (b + 1) * n)],
         }, numpy_module)
-    files['batches.meta'] = py2_pickle_dumps({'label_names': CLASS_NAMES, 'num_cases_per_batch': n,
+    files['batches.meta'] = py2_pickle_dumps({'label_names': list(class_names), 'num_cases_per_batch': n,
                                               'num_vis': 3072})
     return _write(dest, 'cifar-10-batches-py', files)

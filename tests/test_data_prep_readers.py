@@ -254,3 +254,26 @@ def test_digits():
     raw = load_digits().images
     np.testing.assert_array_equal(d.images[..., 0], np.rint(raw * 255 / 16).astype(np.uint8))
     assert len(set(d.ids)) == 1797 and np.bincount(d.labels).size == 10
+
+
+@pytest.mark.parametrize('layout', ['binary', 'python'])
+def test_cifar_layout_repack_keeps_its_own_class_names(tmp_path, fake, layout):
+    """A data set repacked into the CIFAR-10 layout: batches.meta.txt / batches.meta name its
+    classes; a malformed list is an error naming the file; without the file, CIFAR-10's names."""
+    from data_prep.readers.cifar10 import CLASS_NAMES
+    images, labels = fake
+    names = [f'kind {c}' for c in range(10)]
+    write = write_cifar10_binary if layout == 'binary' else write_cifar10_python
+    meta = 'batches.meta.txt' if layout == 'binary' else 'batches.meta'
+    d = read_cifar10(write(str(tmp_path / 'own.tar.gz'), images, labels, class_names=names),
+                     expected=(5 * N, N))
+    assert d.class_names == names
+    d = read_cifar10(write(str(tmp_path / 'std.tar.gz'), images, labels), expected=(5 * N, N))
+    assert d.class_names == CLASS_NAMES
+    bad = tmp_path / 'bad'
+    write(str(bad), images, labels, class_names=names[:9])
+    folder = bad / ('cifar-10-batches-bin' if layout == 'binary' else 'cifar-10-batches-py')
+    with pytest.raises(DataPrepError, match=meta.replace('.', r'\.')):
+        read_cifar10(str(folder), expected=(5 * N, N))
+    os.unlink(folder / meta)
+    assert read_cifar10(str(folder), expected=(5 * N, N)).class_names == CLASS_NAMES

@@ -573,3 +573,48 @@ def test_euclidean_native_equals_numpy_on_float_features():
         plain = euclidean_metrics(q, ql, db, dbl, ks=(1, 10, 700))
     for key in fast:
         np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("ndb,nq,dim", [(1, 1, 1), (2, 3, 2), (17, 9, 3), (33, 8, 48),
+                                        (100, 17, 5)])
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("case", ["mixed", "all_relevant", "no_relevant", "all_tied"])
+def test_euclidean_native_edge_cases_match_brute_force(ndb, nq, dim, exclude_self, case):
+    """The C kernel's paths: database tails (ndb not a multiple of the 16-item tile), query
+    blocks (nq not a multiple of 8), every item relevant, queries without relevant items,
+    all distances tied (one bucket: the qsort path beyond 32 items), self-exclusion down to
+    a database of one, k beyond the database."""
+    from tools.hashing import native
+    if native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng([ndb, nq, dim])
+    db = rng.integers(-2, 3, (ndb, dim)).astype(np.float32)
+    db_labels = rng.integers(0, 3, ndb)
+    if case == "all_tied":
+        db[:] = db[0]
+    if case == "all_relevant":
+        db_labels[:] = 1
+    if case == "no_relevant" and exclude_self:  # alone in their class: only themselves
+        db_labels[::2] = 100 + np.arange(0, ndb, 2)
+    if exclude_self:
+        q, q_labels = db, db_labels.copy()
+    else:
+        q = rng.integers(-2, 3, (nq, dim)).astype(np.float32)
+        q_labels = rng.integers(0, 3, nq) if case != "all_relevant" else np.ones(nq, int)
+    if case == "no_relevant" and not exclude_self:
+        q_labels = q_labels.copy()
+        q_labels[::2] = 7  # no database item has label 7
+    ks = (1, 3, 16, 200)
+    qi, dbi = q.astype(np.int64), db.astype(np.int64)
+    ranked = []
+    for i in range(len(q)):
+        keep = [j for j in range(ndb) if not (exclude_self and j == i)]
+        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
+        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j])
+                                                 for j in keep]))
+    out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
+    assert_matches_brute_force(out, ranked, ks)
+    with native.disabled():
+        plain = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
+    for key in out:
+        np.testing.assert_allclose(out[key], plain[key], rtol=0, atol=1e-14, err_msg=key)

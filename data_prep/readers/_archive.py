@@ -10,13 +10,15 @@ import zlib
 from ..errors import DataPrepError
 
 
-def read_named_files(path, folder_name, wanted):
-    """Returns {name: bytes} for each name in `wanted`.
+def read_named_files(path, folder_name, wanted, optional=()):
+    """Returns {name: bytes} for each name in `wanted` (and in `optional`, where present).
 
     `path` is a tar archive holding `<folder_name>/<name>` (or `<name>` at the top), the folder
-    `<folder_name>` itself, or a folder that contains `<folder_name>/`. Missing names -> DataPrepError.
+    `<folder_name>` itself, or a folder that contains `<folder_name>/`. Missing names of `wanted` ->
+    DataPrepError.
     """
-    wanted = list(wanted)
+    required = list(wanted)
+    wanted = required + [n for n in optional if n not in required]
     if os.path.isdir(path):
         inner = os.path.join(path, folder_name)
         base = inner if os.path.isdir(inner) else path
@@ -26,7 +28,7 @@ def read_named_files(path, folder_name, wanted):
             if os.path.isfile(p):
                 with open(p, 'rb') as f:
                     out[name] = f.read()
-        _require(out, wanted, base)
+        _require(out, required, base)
         return out
     if not os.path.isfile(path):
         raise DataPrepError(f'{path}: no such archive or folder; pass the downloaded archive with --archive')
@@ -55,7 +57,7 @@ def read_named_files(path, folder_name, wanted):
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataPrepError(f'{path}: cannot read the archive ({type(e).__name__}: {e}); it is truncated or '
                             'corrupt: download it again') from None
-    _require(out, wanted, path)
+    _require(out, required, path)
     return out
 
 

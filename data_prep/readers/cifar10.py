@@ -64,14 +64,26 @@ def _check_labels(where, labels):
                             f'({bad.size} such records); the file is corrupt or not CIFAR-10: download it again')
 
 
-def _assemble(path, parts, layout):
+def _class_names(where, names):
+    """The archive's own class names (batches.meta.txt / batches.meta), used where they are 10
+    distinct non-empty names (a data set repacked into the CIFAR-10 layout); else CIFAR-10's."""
+    names = [str(n).strip() for n in names or [] if str(n).strip()]
+    if len(names) == len(CLASS_NAMES) and len(set(names)) == len(names):
+        return names
+    if names:
+        raise DataPrepError(f'{where}: {len(names)} class names ({len(set(names))} distinct), expected '
+                            f'{len(CLASS_NAMES)} distinct ones, one a line; fix or remove the file')
+    return list(CLASS_NAMES)
+
+
+def _assemble(path, parts, layout, class_names=CLASS_NAMES):
     ids, labels, images, partition = [], [], [], []
     for batch, (imgs, labs) in parts:
         ids += [f'{batch}/{i:05d}' for i in range(len(labs))]
         labels.append(labs.astype(np.int64))
         images.append(imgs)
         partition += ['test' if batch == TEST_BATCH else 'train'] * len(labs)
-    return Dataset(name='cifar10', source=path, ids=ids, labels=np.concatenate(labels), class_names=CLASS_NAMES,
+    return Dataset(name='cifar10', source=path, ids=ids, labels=np.concatenate(labels), class_names=list(class_names),
                    partition=np.array(partition), images=np.concatenate(images), channels=3,
                    notes=[f'CIFAR-10 {layout} layout'])
 
@@ -80,7 +92,7 @@ def read_cifar10_binary(path, expected=FULL):
     """`cifar-10-binary.tar.gz` or the folder `cifar-10-batches-bin/` (or its parent)."""
     per_file = _expected_per_file(expected)
     names = [b + '.bin' for b in TRAIN_BATCHES + [TEST_BATCH]]
-    files = read_named_files(path, 'cifar-10-batches-bin', names)
+    files = read_named_files(path, 'cifar-10-batches-bin', names, optional=['batches.meta.txt'])
     parts = []
     for batch, name in zip(TRAIN_BATCHES + [TEST_BATCH], names):
         data = files[name]
@@ -96,7 +108,13 @@ def read_cifar10_binary(path, expected=FULL):
         _check_labels(where, labels)
         imgs = rec[:, 1:].reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
         parts.append((batch, (imgs, labels)))
-    return _assemble(path, parts, 'binary')
+    meta = files.get('batches.meta.txt')
+    where = f'{path}: batches.meta.txt'
+    try:
+        text = meta.decode('utf-8').splitlines() if meta is not None else []
+    except UnicodeDecodeError:
+        raise DataPrepError(f'{where}: not UTF-8 text; expected one class name a line') from None
+    return _assemble(path, parts, 'binary', _class_names(where, text))
 
 
 def _get(d, key):
@@ -110,7 +128,7 @@ def read_cifar10_python(path, expected=FULL):
     """`cifar-10-python.tar.gz` or the folder `cifar-10-batches-py/` (or its parent); restricted unpickling."""
     per_file = _expected_per_file(expected)
     names = TRAIN_BATCHES + [TEST_BATCH]
-    files = read_named_files(path, 'cifar-10-batches-py', names)
+    files = read_named_files(path, 'cifar-10-batches-py', names, optional=['batches.meta'])
     parts = []
     for batch in names:
         where = f'{path}: {batch}'
@@ -137,4 +155,12 @@ def read_cifar10_python(path, expected=FULL):
         _check_labels(where, labels)
         imgs = np.ascontiguousarray(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         parts.append((batch, (imgs, labels)))
-    return _assemble(path, parts, 'python')
+    names_ = []
+    if 'batches.meta' in files:
+        where = f'{path}: batches.meta'
+        meta = safe_loads(files['batches.meta'], where)
+        names_ = _get(meta, 'label_names') if isinstance(meta, dict) else None
+        if not isinstance(names_, (list, tuple)):
+            raise DataPrepError(f'{where}: expected a dict with label_names (a list); fix or remove the file')
+        names_ = [n.decode('utf-8', 'replace') if isinstance(n, bytes) else n for n in names_]
+    return _assemble(path, parts, 'python', _class_names(f'{path}: batches.meta', names_))
