@@ -287,6 +287,87 @@ def combined_lmdb(features_dir, split='train'):
     return out
 
 
+def split_ids(build, split):
+    """The item ids of the rows of `build`'s lmdb/<split>, in row order (its splits/ list)."""
+    manifest = load_marker(os.path.join(build, 'dataset.json'))
+    path = os.path.join(build, 'splits', manifest['protocol'], f'{split}.txt')
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def derive(features_dir, source_images, images, out):
+    """The features of the image build `images` taken row by row from `features_dir`, the
+    features of `source_images` (another build of the same archive, e.g. cifar10-holdout's rows
+    from cifar10-2's training set), matched by item id: no image goes through the backbone
+    again. Writes `out` as data_prep.features.extract would have (lmdb/<split>, _mirror,
+    features.json with the target build's manifest hash and `derived_from`). An id missing from
+    the source is a DataPrepError naming it."""
+    fmarker = os.path.join(features_dir, 'features.json')
+    frecord = load_marker(fmarker)
+    if frecord is None:
+        raise DataPrepError(f'{fmarker} is missing or unreadable: run python -m data_prep.features first')
+    manifest_path = os.path.join(images, 'dataset.json')
+    manifest = load_marker(manifest_path)
+    if manifest is None or not manifest.get('lmdb'):
+        raise DataPrepError(f'{manifest_path}: missing or without image LMDBs; run python -m data_prep.build')
+    inputs = dict(frecord['inputs'], images_manifest_sha256=sha256_file(manifest_path),
+                  derived_from=sha256_file(fmarker))
+    marker = os.path.join(out, 'features.json')
+    os.makedirs(out, exist_ok=True)
+    with OutputLock(out, what='derived features'):
+        record = completed(marker, inputs)
+        if record is not None:
+            return record
+        t0 = time.monotonic()
+        where = {}
+        for name, info in manifest_of(source_images)['lmdb'].items():
+            if not info.get('same_as'):
+                for row, item in enumerate(split_ids(source_images, name)):
+                    where.setdefault(item, (name, row))
+        outputs, counts = [], {}
+        own = {n: i for n, i in manifest['lmdb'].items() if not i.get('same_as')}
+        for name in sorted(own):
+            ids = split_ids(images, name)
+            missing = [i for i in ids if i not in where]
+            if missing:
+                raise DataPrepError(f'{images}: item {missing[0]} of split {name} ({len(missing)} in all) has no '
+                                    f'features in {features_dir}; extract the features of this build instead')
+            for suffix in ('', '_mirror'):
+                path = os.path.join(out, 'lmdb', name + suffix)
+                envs = {}
+                with atomic_dir(path) as tmp:
+                    from .lmdb_io import open_lmdb
+                    w = LmdbWriter(tmp, len(ids) * (frecord['dimension'] * 4 + 64) + (1 << 20))
+                    try:
+                        for row, item in enumerate(ids):
+                            src, src_row = where[item]
+                            if src not in envs:
+                                envs[src] = open_lmdb(os.path.join(features_dir, 'lmdb', src + suffix))
+                            with envs[src].begin() as txn:
+                                w.put(key(row), txn.get(key(src_row)))
+                    finally:
+                        w.close()
+                        for env in envs.values():
+                            env.close()
+                outputs.append(f'lmdb/{name + suffix}/data.mdb')
+                counts[name + suffix] = len(ids)
+        for name, info in manifest['lmdb'].items():
+            if info.get('same_as'):
+                for suffix in ('', '_mirror'):
+                    atomic_symlink(info['same_as'] + suffix, os.path.join(out, 'lmdb', name + suffix))
+                    counts[name + suffix] = counts[info['same_as'] + suffix]
+        return mark_complete(marker, inputs, outputs=outputs, dimension=frecord['dimension'], counts=counts,
+                             feature_blob=frecord.get('feature_blob'), files=frecord.get('files'),
+                             seconds=round(time.monotonic() - t0, 1))
+
+
+def manifest_of(build):
+    manifest = load_marker(os.path.join(build, 'dataset.json'))
+    if manifest is None:
+        raise DataPrepError(f'{build}/dataset.json is missing or unreadable; run python -m data_prep.build')
+    return manifest
+
+
 def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, quiet=False):
     """A data folder that tools/ trains and extracts from like an image build, on the features of
     `features_dir` (a finished extraction of the image build `images`): lmdb/train -> the 2n-row LMDB of originals and

@@ -141,3 +141,29 @@ def test_backbone_study_on_held_out_data(tmp_path, caffe_build, capsys):
         assert "held-in +" not in capsys.readouterr().out
     finally:
         mp.undo()
+
+
+def test_study_at_the_features_scale_reuses_the_official_features(tmp_path, caffe_build):
+    os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(data_prep.readers, "read_cifar10", lambda p: READ_CIFAR10(p, expected=None))
+    mp.setitem(D.REPLICATION_SCALES["features"], "input_size", 8)
+    try:
+        deploy, weights, _ = make_backbone(str(tmp_path))
+        images, labels = fake_cifar10(1100, seed=6)
+        archive = write_cifar10_binary(str(tmp_path / "cifar-10-binary.tar.gz"), images, labels)
+        argv = ["study", "--scale", "features", "--archive", archive, "--iters", "4", "2",
+                "--study-methods", "tqn", "--study-bits", "12", "--out", str(tmp_path / "out"), "--quiet",
+                "--backbone-deploy", deploy, "--backbone-weights", weights]
+        assert R.main(argv) == 0
+        record = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
+        assert set(record["results"]) == set(D.STUDY_VARIANTS) and record["chosen"] in D.STUDY_VARIANTS
+        work = tmp_path / "out" / "work"
+        # the held-out rows' features are the official build's, row for row by item id
+        official, _ = F.read_feature_lmdb(str(work / "features" / "custom-8" / "lmdb" / "train"))
+        held, _ = F.read_feature_lmdb(str(work / "features" / "custom-8-cifar10-holdout" / "lmdb" / "query"))
+        ids = {i: r for r, i in enumerate(F.split_ids(str(work / "data" / "cifar10-2"), "train"))}
+        rows = [ids[i] for i in F.split_ids(str(work / "data" / "cifar10-holdout"), "query")]
+        np.testing.assert_array_equal(held, official[rows])
+    finally:
+        mp.undo()

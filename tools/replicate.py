@@ -586,6 +586,19 @@ def write_study(results, name, what, out, bits_list, variants):
     return best
 
 
+def held_out_feature_data(setting, held_out_images):
+    """The features scale's held-out training data (seed spec.seed): the held-out build's rows
+    taken from the official build's features (data_prep.features.derive), no second extraction."""
+    official = prepare_data(setting)["cifar10-2"]
+    features, _ = feature_data(setting, official, [])
+    derived = features + "-" + R["held_out_protocol"]
+    F.derive(features, official, held_out_images, derived)
+    folder = os.path.join(setting.work, "data", f"features-{R['held_out_protocol']}-seed{setting.spec.seed}")
+    F.training_data(derived, held_out_images, folder, setting.spec.seed, max(1, setting.triplet_epochs),
+                    R["batch_triplets"], quiet=setting.spec.quiet)
+    return folder
+
+
 def study(setting):
     """Chooses TQN's step-2 setting and DNNH's training setting on held-out training data: the
     45,000/5,000 split of the official training set (never the test set), its own warm start
@@ -594,6 +607,8 @@ def study(setting):
     spec = setting.spec
     data = os.path.join(setting.work, "data", R["held_out_protocol"])
     build(setting.data_spec(R["held_out_protocol"], data))
+    if spec.scale == "features":
+        data = held_out_feature_data(setting, data)
     root = os.path.join(setting.work, "study")
     cost = Cost()
     start_from_warm_start(setting, data, os.path.join(root, "warm_start"), cost, "study warm start")
