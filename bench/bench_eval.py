@@ -580,14 +580,7 @@ def render_euclidean(result):
               "|---|---:|---:|---:|---:|---|"]
 
     def row(name, r, note=""):
-        if not r:
-            return
-        ratio = r["cpu_s"] / base["cpu_s"] if base else None
-        if r.get("extrapolated"):
-            note = (note + "; " if note else "") + \
-                f"extrapolated from {r['timed_queries']:,} queries"
-        lines.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
-                     f"{_fmt(ratio, 1)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
+        _ratio_row(lines, name, r, base, 1, note)
 
     if base:
         mt = base["metrics"]
@@ -667,6 +660,18 @@ def goals(sections, cfg):
                                f"({ours['rss_before_mib']:.0f} MiB before the evaluation: "
                                f"interpreter, libraries, codes)"))
     return out
+
+
+def _ratio_row(lines, name, r, base, digits, note=""):
+    """A table row of a timed run `r` (CPU s, wall s, ratio to `base`, peak RSS, note with the
+    extrapolation said); nothing when the run is absent."""
+    if not r:
+        return
+    ratio = r["cpu_s"] / base["cpu_s"] if base else None
+    if r.get("extrapolated"):
+        note = (note + "; " if note else "") + f"extrapolated from {r['timed_queries']:,} queries"
+    lines.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
+                 f"{_fmt(ratio, digits)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
 
 
 def _fmt(x, digits=2):
@@ -817,14 +822,7 @@ def render_dqn_adc(result):
               "|---|---:|---:|---:|---:|---|"]
 
     def row(name, r, note=""):
-        if not r:
-            return
-        ratio = r["cpu_s"] / base["cpu_s"] if base else None
-        if r.get("extrapolated"):
-            note = (note + "; " if note else "") + \
-                f"extrapolated from {r['timed_queries']:,} queries"
-        lines.append(f"| {name} | {_sec(r['cpu_s'])} | {_sec(r.get('wall_s'))} | "
-                     f"{_fmt(ratio, 2)} | {_fmt(r.get('rss_peak_mib'), 0)} | {note} |")
+        _ratio_row(lines, name, r, base, 2, note)
 
     if base:
         mt = base["metrics"]

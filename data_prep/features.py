@@ -245,11 +245,7 @@ def extract(spec, net_factory=None):
                         raise DataPrepError(f'{path}: wrote {row} records, expected {n}')
                 outputs.append(f'lmdb/{lname}/data.mdb')
                 counts[lname] = n
-        for name, info in manifest['lmdb'].items():
-            if info.get('same_as'):
-                for suffix in ('', '_mirror'):
-                    atomic_symlink(info['same_as'] + suffix, os.path.join(spec.out, 'lmdb', name + suffix))
-                    counts[name + suffix] = counts[info['same_as'] + suffix]
+        _link_same_as(manifest, spec.out, counts)
         record = mark_complete(marker, inputs, outputs=outputs + ['feature_deploy.prototxt'],
                                dimension=int(dim), counts=counts, feature_blob=top,
                                same_as={n: i['same_as'] for n, i in manifest['lmdb'].items() if i.get('same_as')},
@@ -287,6 +283,25 @@ def combined_lmdb(features_dir, split='train'):
     return out
 
 
+def features_record(features_dir):
+    """features.json of a finished extraction, or a DataPrepError saying what to run."""
+    fmarker = os.path.join(features_dir, 'features.json')
+    frecord = load_marker(fmarker)
+    if frecord is None:
+        raise DataPrepError(f'{fmarker} is missing or unreadable: run python -m data_prep.features first')
+    return fmarker, frecord
+
+
+def _link_same_as(manifest, out, counts):
+    """The build's splits stored as another (`same_as`) become symlinks to that split's feature
+    LMDBs (original and mirror) in `out`; their counts are the other's."""
+    for name, info in manifest['lmdb'].items():
+        if info.get('same_as'):
+            for suffix in ('', '_mirror'):
+                atomic_symlink(info['same_as'] + suffix, os.path.join(out, 'lmdb', name + suffix))
+                counts[name + suffix] = counts[info['same_as'] + suffix]
+
+
 def split_ids(build, split):
     """The item ids of the rows of `build`'s lmdb/<split>, in row order (its splits/ list)."""
     manifest = load_marker(os.path.join(build, 'dataset.json'))
@@ -302,10 +317,7 @@ def derive(features_dir, source_images, images, out):
     again. Writes `out` as data_prep.features.extract would have (lmdb/<split>, _mirror,
     features.json with the target build's manifest hash and `derived_from`). An id missing from
     the source is a DataPrepError naming it."""
-    fmarker = os.path.join(features_dir, 'features.json')
-    frecord = load_marker(fmarker)
-    if frecord is None:
-        raise DataPrepError(f'{fmarker} is missing or unreadable: run python -m data_prep.features first')
+    fmarker, frecord = features_record(features_dir)
     manifest_path = os.path.join(images, 'dataset.json')
     manifest = load_marker(manifest_path)
     if manifest is None or not manifest.get('lmdb'):
@@ -351,11 +363,7 @@ def derive(features_dir, source_images, images, out):
                             env.close()
                 outputs.append(f'lmdb/{name + suffix}/data.mdb')
                 counts[name + suffix] = len(ids)
-        for name, info in manifest['lmdb'].items():
-            if info.get('same_as'):
-                for suffix in ('', '_mirror'):
-                    atomic_symlink(info['same_as'] + suffix, os.path.join(out, 'lmdb', name + suffix))
-                    counts[name + suffix] = counts[info['same_as'] + suffix]
+        _link_same_as(manifest, out, counts)
         return mark_complete(marker, inputs, outputs=outputs, dimension=frecord['dimension'], counts=counts,
                              feature_blob=frecord.get('feature_blob'), files=frecord.get('files'),
                              seconds=round(time.monotonic() - t0, 1))
@@ -377,10 +385,7 @@ def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, qu
     augmentation, the same on every run of one seed. dataset.json (the completion marker) is the
     image build's record with these lists, the features' identity and `feature_training`."""
     from .triplets import write_shuffled, write_triplets
-    fmarker = os.path.join(features_dir, 'features.json')
-    frecord = load_marker(fmarker)
-    if frecord is None:
-        raise DataPrepError(f'{fmarker} is missing or unreadable: run python -m data_prep.features first')
+    fmarker, frecord = features_record(features_dir)
     images_marker = os.path.join(images, 'dataset.json')
     build = load_marker(images_marker)
     if build is None or sha256_file(images_marker) != frecord['inputs']['images_manifest_sha256']:
