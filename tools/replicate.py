@@ -357,10 +357,10 @@ def classical_rows(setting, blobs, bits, protocol, methods):
     return rows
 
 
-def classical_feature_rows(setting, features, methods, cost):
+def classical_feature_rows(setting, read, methods, cost):
     """The features scale: each classical baseline fitted on the backbone's features of the
-    training set (originals), at every width, per protocol; rows at this setting's seed."""
-    read = {n: F.read_feature_lmdb(os.path.join(features, "lmdb", n)) for n in ("train", "query")}
+    training set (originals; `read`: {"train", "query"}: (features, labels)), at every width, per
+    protocol; rows at this setting's seed."""
     sets = {"cifar10-2": (read["query"], read["train"]), "dsh": (read["query"], read["query"])}
     rows = {p: [] for p in R["protocols"]}
     for bits in setting.spec.bits:
@@ -477,12 +477,13 @@ def tabulate_seeds(setting, methods, choices, images, cost):
     features, data = feature_data(setting, images, seeds)
     rows = {p: [] for p in R["protocols"]}
     first = None
+    read = {n: F.read_feature_lmdb(os.path.join(features, "lmdb", n)) for n in ("train", "query")}
     for seed in seeds:
         sub = setting.for_seed(seed)
         say(f"seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
         r, e, runs = tabulate(sub, methods, choices, data, cost)
         wanted = setting.spec.methods
-        classical = classical_feature_rows(sub, features, [m for m in CLASSICAL_FEATURES
+        classical = classical_feature_rows(sub, read, [m for m in CLASSICAL_FEATURES
                                                            if not wanted or m in wanted], cost)
         for p in R["protocols"]:
             rows[p] += r[p] + classical[p]
