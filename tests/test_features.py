@@ -158,6 +158,23 @@ def test_features_match_numpy_reference_mirror_resume_and_rerun(image_build, tmp
     assert json.loads((out / 'features.json').read_text())['inputs']['input_size'] == 10
 
 
+def test_chunk_workers_compute_what_one_process_computes(image_build, tmp_path):
+    tmp, _, _ = image_build
+    deploy, weights, _ = make_backbone(str(tmp_path))
+    base = dict(images=str(tmp / 'images'), deploy=deploy, weights=weights, input_size=12, mean_bgr=MEAN,
+                backbone='tiny', batch_size=4, chunk=7, quiet=True)
+    one = F.extract(F.FeatureSpec(out=str(tmp_path / 'one'), **base))
+    two = F.extract(F.FeatureSpec(out=str(tmp_path / 'two'), workers=2, **base))
+    assert two['computed_chunks'] == one['computed_chunks'] == 5 and two['inputs'] == one['inputs']
+    for split in ('train', 'train_mirror', 'query', 'query_mirror'):
+        a, la = F.read_feature_lmdb(str(tmp_path / 'one' / 'lmdb' / split))
+        b, lb = F.read_feature_lmdb(str(tmp_path / 'two' / 'lmdb' / split))
+        assert la.tolist() == lb.tolist()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # one BLAS thread each: rounding only
+    assert not (tmp_path / 'two' / '.parts').exists()
+    assert F.extract(F.FeatureSpec(out=str(tmp_path / 'two'), workers=2, **base))['skipped']
+
+
 def test_std_and_channel_order_are_inputs(image_build, tmp_path):
     tmp, images, labels = image_build
     deploy, weights, p = make_backbone(str(tmp_path))

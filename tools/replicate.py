@@ -37,6 +37,7 @@ last snapshot.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -211,12 +212,15 @@ def prepare_data(setting):
     return folders
 
 
+def _logged_caffe_net(log, deploy, weights):
+    with output_to_log(log):
+        return F.caffe_net(deploy, weights)
+
+
 def logged_net_factory(log):
-    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console."""
-    def factory(deploy, weights):
-        with output_to_log(log):
-            return F.caffe_net(deploy, weights)
-    return factory
+    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console
+    (picklable: the chunk workers are spawned processes)."""
+    return functools.partial(_logged_caffe_net, log)
 
 
 def backbone_choice(results):
@@ -251,10 +255,11 @@ def feature_data(setting, images, seeds):
     say(f"features: {name} of {images} -> {features}")
     if own:
         spec = F.FeatureSpec(images=images, out=features, deploy=own[0], weights=own[1],
-                             input_size=scale["input_size"], mean_bgr=tuple(own[2]), quiet=setting.spec.quiet)
+                             input_size=scale["input_size"], mean_bgr=tuple(own[2]), quiet=setting.spec.quiet,
+                             workers=F.cores())
     else:
         spec = F.spec_from_backbone(images, features, scale["backbone"], scale["input_size"],
-                                    quiet=setting.spec.quiet)
+                                    quiet=setting.spec.quiet, workers=F.cores())
     F.extract(spec, net_factory=logged_net_factory(os.path.join(features, "caffe.log")))
     folders = {}
     for seed in seeds:
