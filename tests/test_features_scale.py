@@ -56,6 +56,41 @@ def test_seed_mean_rows_mean_and_sample_sd():
     assert "0.400 ± 0.200" in table and "0.500 ± 0.200" in table
 
 
+def _evaluation(rf, bc):
+    return dict(real=dict(map=rf), binary=dict(map_tie_aware=bc, map_index_order=bc - 0.01))
+
+
+def test_table3_over_seeds_by_hand():
+    # two seeds: step 1 RF 0.5 / 0.6, BC 0.4 / 0.45; step 2 RF 0.55 / 0.66, BC 0.5 / 0.6
+    res = {48: {1: [_evaluation(0.5, 0.4), _evaluation(0.6, 0.45)],
+                2: [_evaluation(0.55, 0.66 - 0.16), _evaluation(0.66, 0.6)]}}
+    md, rows = report.table3(res, [48], "cifar10", "cifar10-2")
+    by = {r["row"]: r for r in rows}
+    assert by["RF with triplet"]["value"] == pytest.approx(0.55)
+    assert by["RF with triplet"]["value_sd"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert by["RF with triplet"]["change_vs_rf_triplet"] is None
+    # each seed's change against its own RF with triplet: (0.4 - 0.5) / 0.5 = -20%, (0.45 - 0.6) / 0.6 = -25%
+    assert by["BC with triplet"]["change_vs_rf_triplet"] == pytest.approx(-0.225)
+    assert by["BC with triplet"]["change_sd"] == pytest.approx(np.std([-0.2, -0.25], ddof=1))
+    assert by["BC with TQN"]["value"] == pytest.approx(0.55) and by["BC with TQN"]["seeds"] == 2
+    assert by["RF with TQN"]["change_vs_rf_triplet"] == pytest.approx(0.1)      # +10% at both seeds
+    assert by["RF with TQN"]["change_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert "0.550 ± 0.071" in md and "(-22.50% ± 3.54%)" in md and "over 2 seeds" in md
+    # one seed: the single-run table, no sd
+    md1, rows1 = report.table3({48: {1: _evaluation(0.5, 0.4), 2: _evaluation(0.55, 0.5)}}, [48],
+                               "cifar10", "cifar10-2")
+    assert "±" not in md1 and rows1[1]["change_vs_rf_triplet"] == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="same seeds"):
+        report.table3({48: {1: [_evaluation(0.5, 0.4)], 2: []}}, [48], "cifar10", "cifar10-2")
+
+
+def test_seed_curve_mean_and_sd_at_common_iterations():
+    curves = [[(0, 1.0), (10, 0.5), (20, 0.2)], [(0, 3.0), (10, 0.7)]]
+    assert report.seed_curve(curves) == [(0, 2.0, pytest.approx(np.sqrt(2))), (10, pytest.approx(0.6),
+                                                                              pytest.approx(np.std([0.5, 0.7], ddof=1)))]
+    assert report.seed_curve([[(0, 1.0)]]) == [(0, 1.0, 0.0)]
+
+
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, caffe_build):
     os.environ.setdefault("CAFFE_BUILD", caffe_build["CAFFE_BUILD"])
@@ -85,6 +120,10 @@ def test_features_scale_replication_over_seeds(replicated):
     assert {"Triplet only", "TQN (paper's settings)", "DSH", "LSH", "SDH"} <= methods
     assert all(r["seed_count"] == 2 and r["map_sd"] is not None for r in rows)
     assert "±" in (out / "results" / "table2_dsh.md").read_text()
+    table3 = (out / "results" / "table3_cifar10-2.md").read_text()
+    assert "±" in table3 and "over 2 seeds" in table3
+    assert all(r["seeds"] == 2 for r in summary["tables"]["table3_cifar10-2"])
+    assert (out / "results" / "fig1_step1_losses.png").stat().st_size > 1000
     # each seed trained on its own mirrored lists, over the 2n-row feature LMDB
     work = out / "work"
     lists = {s: load_triplets(str(work / "data" / f"features-seed{s}" / "triplets.txt")) for s in (1, 2)}

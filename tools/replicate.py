@@ -476,24 +476,29 @@ def tabulate(setting, methods, choices, data, cost):
 
 def tabulate_seeds(setting, methods, choices, images, cost):
     """The features scale: every model and classical baseline at each seed; rows are the seeds'
-    mean ± sd (report.seed_mean_rows); the evaluations and loss curves shown are the first
-    seed's. -> (rows, evaluations, TQN runs, seeds)."""
+    mean ± sd (report.seed_mean_rows); the evaluations {protocol: {bits: {label: [one a seed]}}}
+    and TQN runs {bits: [one a seed]} are every seed's. -> (rows, evaluations, TQN runs, seeds)."""
     seeds = list(setting.spec.seeds or D.REPLICATION_SCALES[setting.spec.scale]["seeds"])
     features, data = feature_data(setting, images, seeds)
     rows = {p: [] for p in R["protocols"]}
-    first = None
+    evals = {p: {} for p in R["protocols"]}
+    runs = {}
     read = {n: F.read_feature_lmdb(os.path.join(features, "lmdb", n)) for n in ("train", "query")}
     for seed in seeds:
         sub = setting.for_seed(seed)
         say(f"seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
-        r, e, runs = tabulate(sub, methods, choices, data, cost)
+        r, e, seed_runs = tabulate(sub, methods, choices, data, cost)
         wanted = setting.spec.methods
         classical = classical_feature_rows(sub, read, [m for m in CLASSICAL_FEATURES
                                                            if not wanted or m in wanted], cost)
         for p in R["protocols"]:
             rows[p] += r[p] + classical[p]
-        first = first or (e, runs)
-    return {p: report.seed_mean_rows(rows[p]) for p in rows}, first[0], first[1], seeds
+            for bits, by_label in e[p].items():
+                for label, result in by_label.items():
+                    evals[p].setdefault(bits, {}).setdefault(label, []).append(result)
+        for bits, run_folder in seed_runs.items():
+            runs.setdefault(bits, []).append(run_folder)
+    return {p: report.seed_mean_rows(rows[p]) for p in rows}, evals, runs, seeds
 
 
 def run(spec):

@@ -178,22 +178,44 @@ def headline(result, dataset):
             result["binary"]["map_index_order"], "mAP")
 
 
+def _mean_sd(values):
+    """(mean, sample sd with ddof 1, or None for one value) of a list of floats."""
+    import numpy as np
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
 def table3(results, bits_list, dataset, protocol, tqn_label="TQN", name=None):
     """Markdown and CSV rows of RF/BC x triplet/TQN, drops relative to RF with triplet;
-    results: {bits: {1: step-1 evaluation, 2: step-2 evaluation}}; `name` titles the data set
+    results: {bits: {1: step-1 evaluation, 2: step-2 evaluation}}, or lists of evaluations, one a
+    seed, in the same seed order for both steps: then every cell is the seeds' mean ± sd (ddof 1),
+    each seed's change taken against its own RF with triplet; `name` titles the data set
     (default: `dataset`)."""
-    metric = headline(results[bits_list[0]][1], dataset)[3]
+    def seeds(e):
+        return e if isinstance(e, (list, tuple)) else [e]
+    first = seeds(results[bits_list[0]][1])[0]
+    metric = headline(first, dataset)[3]
     rows = []
     for label, step, kind in (("RF with triplet", 1, "rf"), ("BC with triplet", 1, "bc"),
                               (f"RF with {tqn_label}", 2, "rf"), (f"BC with {tqn_label}", 2, "bc")):
         cells = []
         for bits in bits_list:
-            rf1 = headline(results[bits][1], dataset)[0]
-            rf, bc, bc_index, _ = headline(results[bits][step], dataset)
-            value = rf if kind == "rf" else bc
-            drop = (rf1 - value) / rf1 if rf1 > 0 else float("nan")
-            cells.append(dict(bits=bits, value=value, index_order=None if kind == "rf" else bc_index,
-                              drop=None if (step, kind) == (1, "rf") else drop))
+            step1, this = seeds(results[bits][1]), seeds(results[bits][step])
+            if len(step1) != len(this):
+                raise ValueError(f"table3: {bits} bits has {len(step1)} step-1 and {len(this)} step-2 "
+                                 f"evaluations; they must be the same seeds")
+            values, drops, index = [], [], []
+            for e1, e in zip(step1, this):
+                rf1 = headline(e1, dataset)[0]
+                rf, bc, bc_index, _ = headline(e, dataset)
+                values.append(rf if kind == "rf" else bc)
+                index.append(bc_index)
+                drops.append((rf1 - values[-1]) / rf1 if rf1 > 0 else float("nan"))
+            value, value_sd = _mean_sd(values)
+            drop, drop_sd = _mean_sd(drops)
+            plain = (step, kind) == (1, "rf")
+            cells.append(dict(bits=bits, value=value, value_sd=value_sd, seeds=len(values),
+                              index_order=None if kind == "rf" else _mean_sd(index)[0],
+                              drop=None if plain else drop, drop_sd=None if plain else drop_sd))
         rows.append((label, cells))
     head = "| " + f"{metric} ({name or dataset}, protocol {protocol})" + " | " + " | ".join(
         f"{b} bits" for b in bits_list) + " |"
@@ -201,20 +223,25 @@ def table3(results, bits_list, dataset, protocol, tqn_label="TQN", name=None):
     for label, cells in rows:
         out = []
         for c in cells:
-            text = f"{c['value']:.3f}"
+            text = f"{c['value']:.3f}" + (f" ± {c['value_sd']:.3f}" if c["value_sd"] is not None else "")
             if c["drop"] is not None:
-                text += f" ({-c['drop']:+.2%})"
+                text += f" ({-c['drop']:+.2%}" + (f" ± {c['drop_sd']:.2%}" if c["drop_sd"] is not None else "") + ")"
             if c["index_order"] is not None:
                 text += f" [index order {c['index_order']:.3f}]"
             out.append(text)
         md.append(f"| {label} | " + " | ".join(out) + " |")
     md.append("")
+    count = rows[0][1][0]["seeds"]
     md.append(f"BC: tie-aware {metric} (expectation over random order within Hamming ties); "
               f"[index order]: ties broken by database index. In parentheses: change relative "
-              f"to RF with triplet, as in the paper's Table III.")
-    csv_rows = [dict(row=label, bits=c["bits"], value=c["value"], index_order=c["index_order"],
-                     change_vs_rf_triplet=None if c["drop"] is None else -c["drop"], metric=metric,
-                     dataset=name or dataset, protocol=protocol) for label, cells in rows for c in cells]
+              f"to RF with triplet, as in the paper's Table III."
+              + (f" Mean ± sample sd over {count} seeds (each seed's change against its own RF "
+                 f"with triplet)." if count > 1 else ""))
+    csv_rows = [dict(row=label, bits=c["bits"], value=c["value"], value_sd=c["value_sd"], seeds=c["seeds"],
+                     index_order=c["index_order"],
+                     change_vs_rf_triplet=None if c["drop"] is None else -c["drop"],
+                     change_sd=c["drop_sd"], metric=metric, dataset=name or dataset, protocol=protocol)
+                for label, cells in rows for c in cells]
     return "\n".join(md), csv_rows
 
 
@@ -258,15 +285,20 @@ def _save(fig, path):
 
 
 def plot_curves(panels, path, title):
-    """panels: [(panel title, {label: [(iteration, value), ...]}), ...] -> one PNG, a panel each."""
+    """panels: [(panel title, {label: [(iteration, value), ...]}), ...] -> one PNG, a panel each;
+    points (iteration, mean, sd) draw the mean with a band of ± sd."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4),
                              squeeze=False)
     for ax, (panel_title, curves) in zip(axes[0], panels):
         for label, points in curves.items():
             if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, label=label)
+                xs, ys = list(zip(*points))[:2]
+                line, = ax.plot(xs, ys, label=label)
+                if len(points[0]) == 3:
+                    sds = [p[2] for p in points]
+                    ax.fill_between(xs, [y - d for y, d in zip(ys, sds)], [y + d for y, d in zip(ys, sds)],
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(panel_title)
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
@@ -278,17 +310,38 @@ def plot_curves(panels, path, title):
     _save(fig, path)
 
 
+def seed_curve(curves):
+    """Curves [(iteration, value), ...] of several seeds -> [(iteration, mean, sd)] at the
+    iterations every seed logged (sd ddof 1); one seed: its points with sd 0."""
+    common = set.intersection(*(set(i for i, _ in c) for c in curves)) if curves else set()
+    by_seed = [dict(c) for c in curves]
+    out = []
+    for it in sorted(common):
+        mean, sd = _mean_sd([b[it] for b in by_seed])
+        out.append((it, mean, sd or 0.0))
+    return out
+
+
 def plot_losses(runs, results_dir, title):
-    """Fig. 1-2 of the paper from TQN run folders {bits: run}: both steps' loss curves, each
-    step's trained loss with the other monitored (weight 0)."""
+    """Fig. 1-2 of the paper from TQN run folders {bits: run, or [run of each seed]}: both steps'
+    loss curves, each step's trained loss with the other monitored (weight 0); several seeds: the
+    mean curve with a band of ± sd."""
     fig1, fig2 = [], []
+    names = ("triplet_loss", "tqn_loss", "tqn_loss_s", "tqn_loss_d")
     for bits, run in runs.items():
+        seeds = run if isinstance(run, (list, tuple)) else [run]
         for step, panels in ((1, fig1), (2, fig2)):
-            log = os.path.join(run, "logs", f"step{step}.log")
-            if os.path.exists(log):
-                curves = caffe_log.parse_file(log)
-                panels.append((f"{bits} bits", {name: curves.get(name, []) for name in
-                                                ("triplet_loss", "tqn_loss", "tqn_loss_s", "tqn_loss_d")}))
+            logs = [os.path.join(r, "logs", f"step{step}.log") for r in seeds]
+            logs = [log for log in logs if os.path.exists(log)]
+            if not logs:
+                continue
+            parsed = [caffe_log.parse_file(log) for log in logs]
+            if len(parsed) == 1:
+                curves = {name: parsed[0].get(name, []) for name in names}
+            else:
+                curves = {name: seed_curve([p.get(name, []) for p in parsed]) for name in names}
+            panels.append((f"{bits} bits" + (f" ({len(parsed)} seeds, mean ± sd)" if len(parsed) > 1 else ""),
+                           curves))
     plot_curves(fig1, os.path.join(results_dir, "fig1_step1_losses.png"),
                 f"{title}: step 1 (triplet loss trained; TQN loss monitored)")
     plot_curves(fig2, os.path.join(results_dir, "fig2_step2_losses.png"),
