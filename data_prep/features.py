@@ -95,10 +95,13 @@ def feature_deploy(deploy_text, input_size, batch_size):
 
 def preprocess(bgr, input_size, mean_bgr, std=1.0, channels='bgr'):
     """uint8 H x W x 3 (BGR) -> float32 3 x S x S in the net's channel order, (x - mean) / std
-    (original) and its mirror."""
+    (original) and its mirror. A grey image (H x W, or H x W x 1) is given to the colour backbone
+    as three equal channels."""
     import cv2
+    if bgr.ndim == 2 or (bgr.ndim == 3 and bgr.shape[2] == 1):
+        bgr = np.repeat(bgr.reshape(bgr.shape[0], bgr.shape[1], 1), 3, axis=2)
     if bgr.ndim != 3 or bgr.shape[2] != 3:
-        raise DataPrepError(f'a backbone needs 3-channel images, got shape {bgr.shape}')
+        raise DataPrepError(f'a backbone needs grey or 3-channel images, got shape {bgr.shape}')
     if channels not in ('bgr', 'rgb'):
         raise DataPrepError(f'channel order {channels!r}: use bgr or rgb')
     img = cv2.resize(np.ascontiguousarray(bgr), (input_size, input_size), interpolation=cv2.INTER_LINEAR)
@@ -436,7 +439,8 @@ def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, qu
     seeded triplets.txt / shuffled.txt (data_prep.triplets, seed `seed`, `epochs` epochs) whose
     every entry names an image or its mirror by a seeded coin (mirror_choice): the paper's mirror
     augmentation, the same on every run of one seed. dataset.json (the completion marker) is the
-    image build's record with these lists, the features' identity and `feature_training`."""
+    image build's record with these lists, the features' identity, the image build's folder
+    (`images`) and `feature_training`."""
     from .triplets import write_shuffled, write_triplets
     fmarker, frecord = features_record(features_dir)
     images_marker = os.path.join(images, 'dataset.json')
@@ -469,6 +473,7 @@ def training_data(features_dir, images, out, seed, epochs, batch_triplets=32, qu
                   'database': frecord['counts']['database']}
         return mark_complete(marker, inputs, outputs=['triplets.txt', 'shuffled.txt'],
                              **dict(build, counts=counts, seed=int(seed), triplets=tmeta, shuffled=smeta,
+                                    images=os.path.abspath(images),
                                     features=dict(frecord['inputs'], dimension=frecord['dimension'],
                                                   folder=os.path.abspath(features_dir)),
                                     feature_training=dict(rows=2 * len(labels), layout='rows 0..n-1 originals, '
@@ -525,6 +530,47 @@ def features_of_rows(spec, split, rows, net_factory=None):
 def cores():
     """The cores this process may run on (the default number of chunk workers)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
+def backbone_spec(images, out, backbone=None, input_size=None, own=None, quiet=False, cache=None):
+    """The FeatureSpec of a features folder `out` for the image build `images`: the named, fetched
+    `backbone`, or own = (deploy, weights, mean in its channel order) with BGR input and std 1;
+    one chunk worker a core."""
+    if own:
+        deploy, weights, mean = own
+        return FeatureSpec(images=images, out=out, deploy=deploy, weights=weights, input_size=input_size,
+                           mean_bgr=tuple(mean), quiet=quiet, workers=cores())
+    return spec_from_backbone(images, out, backbone, input_size, cache=cache, quiet=quiet, workers=cores())
+
+
+def encode_image_lmdb(features_dir, images_lmdb, out_lmdb, net_factory=None):
+    """New images through the backbone of a finished extraction `features_dir`, preprocessed as its
+    images were (its recorded input size, mean, std and channel order; the originals, no
+    mirror): the image LMDB `images_lmdb` -> the float-Datum LMDB `out_lmdb` (written
+    atomically). For encoding images a features-scale model was not trained on (tools.search).
+    Returns the number of rows."""
+    _, record = features_record(features_dir)
+    inputs, files = record['inputs'], record.get('files') or {}
+    if not files.get('weights') or not os.path.exists(files['weights']):
+        raise DataPrepError(f'{features_dir}/features.json: the backbone weights {files.get("weights")} '
+                            'are gone; fetch the backbone again (python -m data_prep.features)')
+    spec = FeatureSpec(images='', out=features_dir, deploy=files['deploy'], weights=files['weights'],
+                       input_size=inputs['input_size'], mean_bgr=tuple(inputs['mean_bgr']),
+                       backbone=inputs['backbone'], std=inputs.get('std', 1.0),
+                       channels=inputs.get('channels', 'bgr'))
+    deploy = os.path.join(features_dir, 'feature_deploy.prototxt')
+    top = record['feature_blob']
+    n = lmdb_count(images_lmdb)
+    imgs, labels = _load_images(images_lmdb, (0, n))
+    feats = _forward((net_factory or caffe_net)(deploy, spec.weights), top, imgs, spec, mirror=False)[:, 0]
+    with atomic_dir(out_lmdb) as tmp:
+        w = LmdbWriter(tmp, n * (feats.shape[1] * 5 + 64) + (1 << 20))
+        try:
+            for row, (f_, lab) in enumerate(zip(feats, labels)):
+                w.put(key(row), float_datum(f_, lab).SerializeToString())
+        finally:
+            w.close()
+    return n
 
 
 def spec_from_backbone(images, out, backbone, input_size, cache=None, **kw):

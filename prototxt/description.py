@@ -77,7 +77,16 @@ IMAGES_CONFIGS = {
     # OURS: the CIFAR-10 quick net (convolutions + pools adapt to the input size; 32x32 colour
     # trains on 2 CPU cores), the paper's learning rates, CIFAR-10's code lengths.
     "cpu": dict(backbone="cifar_quick", bits=(12, 24, 48), base_lr=PAPER_TRAINING["base_lr"]),
+    # The features scale on the user's images: fixed features of FEATURE_BACKBONE (data_prep.features,
+    # each image and its mirror), the fc6/fc7 stand-ins, the paper's rates.
+    "features": dict(backbone="feature_head", bits=(12, 24, 48), base_lr=PAPER_TRAINING["base_lr"]),
 }
+
+# The features scale's default backbone and input size: the held-out choice of `tools.replicate
+# backbone` on cifar10-holdout (bench/results/replication-features/results/backbone_study.md:
+# EfficientNet-Lite0 at 128x128, SDH-48 held-out mAP 0.633 against nsfw's best 0.600). A
+# replication with its own backbone_study.json uses that file's choice.
+FEATURE_BACKBONE = dict(backbone="efficientnet-lite0", input_size=128)
 
 STEPS = {
     1: dict(loss="TripletLoss", monitor="TripletQuantizationLoss"),
@@ -261,7 +270,7 @@ REPLICATION_SCALES = {
     # CPU cores does not fit), every method, three seeds (data seed = solver seed = s: its
     # triplet lists, mirror choices and Caffe's random_seed).
     "features": dict(iters=None, warm_start_iters=0, data_args={}, method_lr={},
-                     backbone="nsfw-resnet50-1by2", input_size=96, seeds=(1, 2, 3)),
+                     seeds=(1, 2, 3), **FEATURE_BACKBONE),
 }
 
 # The features scale's backbone and input size, compared on held-out training data by

@@ -77,6 +77,40 @@ def test_search_one_image_and_a_folder(tree_run, caffe_build):
     assert bad.returncode == 2 and "no such image" in bad.stderr
 
 
+def test_features_scale_on_own_images_and_search(tmp_path, caffe_build):
+    # a backbone made by the test (a conv + BN + global pool, 5-d features): nothing downloaded
+    from test_features import MEAN, make_backbone
+    deploy, weights, _ = make_backbone(str(tmp_path))
+    root = T.class_tree(str(tmp_path / "mydigits"))
+    out = tmp_path / "run"
+    r = main_job(caffe_build, out, "--root", root, "--scale", "features", "--input-size", "12",
+                 "--backbone-deploy", deploy, "--backbone-weights", weights,
+                 "--backbone-mean", ",".join(str(m) for m in MEAN))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "images: mydigits / features scale / protocol stratified" in r.stdout
+    assert "| BC with TQN |" in r.stdout and "net.cpp" not in r.stdout + r.stderr
+    record = json.load(open(out / "features" / "custom-12" / "features.json"))
+    assert record["dimension"] == 5 and record["inputs"]["input_size"] == 12
+    data = json.load(open(out / "data-features" / "dataset.json"))
+    assert data["images"] == str(out / "data") and data["feature_training"]["rows"] == 2 * data["counts"]["train"]
+    params = json.load(open(out / "12bits" / "params.json"))["inputs"]
+    assert params["scale"] == "features" and params["data"] == str(out / "data-features")
+    # search: the new image goes through the same backbone, then the head; it is in the database
+    image = os.path.join(root, "digit3", sorted(os.listdir(os.path.join(root, "digit3")))[0])
+    s = cli([sys.executable, "-m", "tools.search", str(out / "12bits"), image, "-k", "3", "--json"], caffe_build)
+    assert s.returncode == 0, s.stderr[-2000:]
+    hits = json.loads(s.stdout)["results"][0]["neighbours"]
+    assert len(hits) == 3 and hits[0]["distance"] == 0
+    assert "net.cpp" in open(out / "12bits" / "logs" / "search.log").read()
+    # a rerun finds everything done
+    again = main_job(caffe_build, out, "--root", root, "--scale", "features", "--input-size", "12",
+                     "--backbone-deploy", deploy, "--backbone-weights", weights,
+                     "--backbone-mean", ",".join(str(m) for m in MEAN))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    bad = main_job(caffe_build, tmp_path / "bad", "--root", root, "--backbone-deploy", deploy)
+    assert bad.returncode == 2 and "--backbone-weights" in bad.stderr
+
+
 def test_train_test_tree_with_database_is_query(tmp_path, caffe_build):
     root = T.set_tree(str(tmp_path / "sets"))
     r = main_job(caffe_build, tmp_path / "run", "--root", root, "--database-is-query")

@@ -5,6 +5,13 @@
     python -m tools.main_job --dataset cifar10 --archive cifar-10-binary.tar.gz --protocol dsh
     python -m tools.main_job --dataset inshop --root In-shop --scale paper --weights alexnet.caffemodel
     python -m tools.main_job --dataset images --root DIR     # DIR/<class>/*, or DIR/train/ + DIR/test/
+    python -m tools.main_job --dataset images --root DIR --scale features --resize 128x128
+
+At `--scale features` every image (and its mirror) goes once through a fixed ImageNet-pretrained
+backbone (data_prep.features; default prototxt.description.FEATURE_BACKBONE, or --backbone,
+--input-size, or your own with --backbone-deploy/--backbone-weights/--backbone-mean) into
+out/features/, and the fc6/fc7 stand-ins + latent layer train on those features from
+out/data-features/ (seeded mirrored triplet lists, data_prep.features.training_data).
 
 Writes under --out (default runs/main-<dataset>-<scale>): data/ (unless --data), one run folder
 per code length (tools/pipeline/training.py), blobs/ and eval/ per step, and results/:
@@ -21,10 +28,12 @@ import sys
 import time
 from typing import Optional, Tuple
 
+from data_prep import features as F
 from data_prep.build import (BuildSpec, add_image_source_arguments, build, image_source_fields,
                              parse_resize)
 from prototxt import description as D
 from tools.pipeline import evaluation, report
+from tools.pipeline.caffe import logged_backbone_net
 from tools.pipeline.errors import run_command
 from tools.pipeline.models import score, train_models
 from tools.pipeline.training import TrainSpec, load_manifest, tqn_override
@@ -49,6 +58,9 @@ class JobSpec:
     tqn: Tuple[Tuple[str, float], ...] = ()    # TQN overrides (images: e.g. alpha_d)
     quiet: bool = False
     verbose: bool = False
+    backbone: Optional[str] = None     # features scale: a named backbone (default FEATURE_BACKBONE's)
+    input_size: Optional[int] = None   # features scale: the backbone's input size
+    backbone_files: Optional[Tuple[str, str, Tuple[float, ...]]] = None   # or (deploy, weights, mean BGR)
 
     def out_dir(self):
         return os.path.abspath(self.out or os.path.join(ROOT, "runs", f"main-{self.dataset}-{self.scale}"))
@@ -59,8 +71,8 @@ class JobSpec:
     def bits_list(self):
         return list(self.bits or D.config(self.dataset, self.scale)["bits"])
 
-    def train_spec(self, bits, out, method="tqn"):
-        return TrainSpec(data=self.data_dir(), dataset=self.dataset, scale=self.scale, bits=bits,
+    def train_spec(self, bits, out, data, method="tqn"):
+        return TrainSpec(data=data, dataset=self.dataset, scale=self.scale, bits=bits,
                          out=out, method=method, weights=self.weights, seed=self.seed,
                          epochs=self.epochs, iters=self.iters, batch_triplets=self.batch_triplets,
                          tqn=dict(self.tqn), quiet=self.quiet, verbose=self.verbose)
@@ -77,6 +89,23 @@ def prepare_data(spec):
     return load_manifest(spec.data_dir())
 
 
+def feature_training_data(spec, images):
+    """The features scale: the backbone's features of the image build `images` (computed once into
+    out/features/<backbone>-<size>, each image and its mirror) and the data folder the head trains
+    from (out/data-features: seeded mirrored lists of the build's seed); returns that folder."""
+    backbone = spec.backbone or D.FEATURE_BACKBONE["backbone"]
+    size = spec.input_size or D.FEATURE_BACKBONE["input_size"]
+    name = f"{'custom' if spec.backbone_files else backbone}-{size}"
+    features = os.path.join(spec.out_dir(), "features", name)
+    say(f"features: {name} of {images} -> {features}")
+    fspec = F.backbone_spec(images, features, backbone, size, own=spec.backbone_files, quiet=spec.quiet)
+    F.extract(fspec, net_factory=logged_backbone_net(os.path.join(features, "caffe.log")))
+    folder = os.path.join(spec.out_dir(), "data-features")
+    seed = spec.build.seed if spec.build else 0
+    F.training_data(features, images, folder, seed, sum(spec.epochs), spec.batch_triplets, quiet=spec.quiet)
+    return folder
+
+
 def run(spec):
     """Trains, extracts and evaluates both steps at every width; writes results/; returns the
     summary."""
@@ -86,12 +115,14 @@ def run(spec):
     say(f"data: {spec.dataset} -> {data}")
     manifest = prepare_data(spec)
     protocol = manifest.get("protocol")
+    if spec.scale == "features":
+        data = feature_training_data(spec, data)
     cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))
     results, runs = {}, {}
     for bits in spec.bits_list():
         runs[bits] = os.path.join(out, f"{bits}bits")
         say(f"{bits} bits: training (protocol {protocol}) -> {runs[bits]}")
-        models = train_models(spec.train_spec(bits, runs[bits]))
+        models = train_models(spec.train_spec(bits, runs[bits], data))
         results[bits] = {}
         for step, label in ((1, "triplet"), (2, "tqn")):
             _, results[bits][step] = score(models[label], data,
@@ -151,6 +182,14 @@ def parser():
     ap.add_argument("--seed", type=int, default=1, help="Caffe's solver seed (step 2: +1)")
     ap.add_argument("--data-seed", type=int, default=0, help="split and triplet seed")
     ap.add_argument("--out", help="output folder (default runs/main-<dataset>-<scale>)")
+    ap.add_argument("--backbone", choices=sorted(F.BACKBONE_MEANS),
+                    help=f"--scale features: the backbone (default {D.FEATURE_BACKBONE['backbone']})")
+    ap.add_argument("--input-size", type=int,
+                    help=f"--scale features: its input size (default {D.FEATURE_BACKBONE['input_size']})")
+    ap.add_argument("--backbone-deploy", help="--scale features: your own Caffe backbone's deploy.prototxt "
+                                              "(with --backbone-weights)")
+    ap.add_argument("--backbone-weights", help="its .caffemodel")
+    ap.add_argument("--backbone-mean", default="104,117,123", help="its BGR mean (default 104,117,123)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines (results only)")
     ap.add_argument("--verbose", action="store_true",
                     help="Caffe's own log on the console too (it always goes to the run's logs)")
@@ -158,7 +197,14 @@ def parser():
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
+    ap = parser()
+    a = ap.parse_args(argv)
+    if bool(a.backbone_deploy) != bool(a.backbone_weights):
+        ap.error("--backbone-deploy and --backbone-weights go together")
+    if a.scale != "features" and (a.backbone or a.input_size or a.backbone_deploy):
+        ap.error("--backbone, --input-size and --backbone-deploy are for --scale features")
+    own = (os.path.abspath(a.backbone_deploy), os.path.abspath(a.backbone_weights),
+           tuple(float(v) for v in a.backbone_mean.split(","))) if a.backbone_deploy else None
     data = BuildSpec(dataset=a.dataset, out="", archive=a.archive, root=a.root, protocol=a.protocol,
                      seed=a.data_seed, epochs=sum(a.epochs), batch_triplets=a.batch_triplets,
                      resize=a.resize, singletons=a.singletons, quiet=a.quiet, **image_source_fields(a))
@@ -166,7 +212,7 @@ def main(argv=None):
                    build=data, bits=tuple(a.bits) if a.bits else None,
                    weights=a.weights, epochs=tuple(a.epochs), iters=tuple(a.iters) if a.iters else None,
                    batch_triplets=a.batch_triplets, seed=a.seed, tqn=tuple(a.tqn), quiet=a.quiet,
-                   verbose=a.verbose)
+                   verbose=a.verbose, backbone=a.backbone, input_size=a.input_size, backbone_files=own)
     return run_command("main_job", lambda: run(spec))
 
 

@@ -37,7 +37,6 @@ last snapshot.
 """
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -50,7 +49,7 @@ from data_prep import features as F
 from prototxt import description as D
 from tools.pipeline import blobs as B
 from tools.pipeline import evaluation, report
-from tools.pipeline.caffe import output_to_log
+from tools.pipeline.caffe import logged_backbone_net
 from tools.pipeline.errors import PipelineError, run_command
 from tools.pipeline.models import score, train_models
 from tools.pipeline.training import TrainSpec, final_model, tqn_override
@@ -212,17 +211,6 @@ def prepare_data(setting):
     return folders
 
 
-def _logged_caffe_net(log, deploy, weights):
-    with output_to_log(log):
-        return F.caffe_net(deploy, weights)
-
-
-def logged_net_factory(log):
-    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console
-    (picklable: the chunk workers are spawned processes)."""
-    return functools.partial(_logged_caffe_net, log)
-
-
 def backbone_choice(results):
     """{"backbone", "input_size"} chosen by the backbone artefact (results/backbone_study.json),
     or None when it has not run; a file that is not its record is a ValueError naming it."""
@@ -253,14 +241,9 @@ def feature_data(setting, images, seeds):
     name = f"{'custom' if own else scale['backbone']}-{scale['input_size']}"
     features = os.path.join(setting.work, "features", name)
     say(f"features: {name} of {images} -> {features}")
-    if own:
-        spec = F.FeatureSpec(images=images, out=features, deploy=own[0], weights=own[1],
-                             input_size=scale["input_size"], mean_bgr=tuple(own[2]), quiet=setting.spec.quiet,
-                             workers=F.cores())
-    else:
-        spec = F.spec_from_backbone(images, features, scale["backbone"], scale["input_size"],
-                                    quiet=setting.spec.quiet, workers=F.cores())
-    F.extract(spec, net_factory=logged_net_factory(os.path.join(features, "caffe.log")))
+    spec = F.backbone_spec(images, features, scale["backbone"], scale["input_size"], own=own,
+                           quiet=setting.spec.quiet)
+    F.extract(spec, net_factory=logged_backbone_net(os.path.join(features, "caffe.log")))
     folders = {}
     for seed in seeds:
         folders[seed] = os.path.join(setting.work, "data", f"features-seed{seed}")
@@ -685,7 +668,7 @@ def backbone_candidate(setting, data, name, size, rows, folder):
         counts = json.load(f)["counts"]
     say(f"backbone study: {name} at {size}x{size} on {len(rows)} held-in + {counts['query']} + "
         f"{counts['database']} held-out images")
-    net = logged_net_factory(os.path.join(folder, "caffe.log"))
+    net = logged_backbone_net(os.path.join(folder, "caffe.log"))
     parts = {"train": F.features_of_rows(spec, "train", rows, net),
              "query": F.features_of_rows(spec, "query", range(counts["query"]), net),
              "database": F.features_of_rows(spec, "database", range(counts["database"]), net)}

@@ -77,6 +77,19 @@ def output_to_log(log_path, verbose=False):
             os.close(fd)
 
 
+def _logged_backbone_net(log, deploy, weights):
+    from data_prep.features import caffe_net
+    with output_to_log(log):
+        return caffe_net(deploy, weights)
+
+
+def logged_backbone_net(log):
+    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console
+    (picklable: the feature extraction's chunk workers are spawned processes)."""
+    import functools
+    return functools.partial(_logged_backbone_net, log)
+
+
 def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False):
     """Runs a `caffe train` command, appending its log to `log_path` and printing progress
     every 10 % of `iters` (with rate and time left); verbose=True echoes every log line to the

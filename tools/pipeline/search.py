@@ -5,8 +5,9 @@ the run's database codes (a faiss binary index, as tools.retrieval).
 The new images are one image file, a folder (every image file below it, sorted; when the folder
 holds class folders their names are the images' labels), or a `path label` list file. They are
 prepared as the run's data were (data_prep: the build's channels, and the training LMDB's size,
-resized bilinearly when theirs differs), written to a temporary LMDB and put through the run's
-extraction net (tools/pipeline/extraction.py, Caffe's log to <run>/logs/search.log). The
+resized bilinearly when theirs differs), written to a temporary LMDB (at the features scale,
+then through the run's backbone as its features were computed, data_prep.features) and put
+through the run's extraction net (tools/pipeline/extraction.py, Caffe's log to <run>/logs/search.log). The
 database codes are the run's blobs (RUN/blobs/step<k>, extracted there first when missing).
 Hits name their database row, label (with the class name) and item id (the image's path
 relative to the data set's root).
@@ -21,6 +22,7 @@ import numpy as np
 
 from data_prep.dataset import IMAGE_EXTENSIONS, Dataset
 from data_prep.errors import DataPrepError
+from data_prep.features import encode_image_lmdb
 from data_prep.outputs import load_marker
 from data_prep.lmdb_io import write_image_lmdb
 from data_prep.readers import read_image_folder, read_image_list
@@ -30,7 +32,7 @@ from tools.hashing import binary_index as BI
 from tools.hashing import codes as C
 from tools.pipeline import blobs as B
 from tools.pipeline import extraction
-from tools.pipeline.caffe import output_to_log
+from tools.pipeline.caffe import logged_backbone_net, output_to_log
 from tools.pipeline.errors import PipelineError
 from tools.pipeline.training import final_model, load_manifest
 
@@ -90,6 +92,19 @@ def database_items(data, manifest):
     return ids, names
 
 
+def image_build_manifest(data, manifest):
+    """The dataset.json of the image build whose images the run's data hold: the data folder's
+    own, or at the features scale the image build its features came from (its images' size and
+    channels, its split lists naming the database items)."""
+    if not manifest.get("features"):
+        return manifest
+    images = manifest.get("images")
+    if not images or not os.path.exists(os.path.join(images, "dataset.json")):
+        raise SearchError(f"{data}: the image build its features came from ({images}) is gone; search "
+                          f"needs it (its images' size and its split lists)")
+    return load_manifest(images)
+
+
 def search(spec):
     """Encodes spec.images with the run's model; returns {"engine", "k", "database", "results":
     [{query, path, label, neighbours: [{rank, row, id, label, class, distance}]}]}."""
@@ -115,8 +130,10 @@ def search(spec):
                                    verbose=spec.verbose)
     extraction.extract(espec)   # nothing to do when the run's blobs are there
     db = B.read(blobs_dir, arrays=("codes", "labels")).sets["database"]
-    ds = new_images(spec.images, spec.root, manifest.get("channels", 3))
-    shape = manifest["lmdb"]["train"]["shapes"]
+    backbone = manifest.get("features")     # the features scale: the backbone's record
+    images_manifest = image_build_manifest(data, manifest)
+    ds = new_images(spec.images, spec.root, images_manifest.get("channels", 3))
+    shape = images_manifest["lmdb"]["train"]["shapes"]
     if len(shape) != 1:
         raise SearchError(f"{data}: its training images have several sizes; search needs one")
     size = tuple(shape[0][:2])
@@ -125,6 +142,10 @@ def search(spec):
         lmdb = os.path.join(work, "lmdb")
         try:
             write_image_lmdb(lmdb, ds, np.arange(len(ds)), "raw", size, progress=False)
+            if backbone:                    # images -> the backbone's features, as training saw them
+                feature_lmdb = os.path.join(work, "features")
+                encode_image_lmdb(backbone["folder"], lmdb, feature_lmdb, logged_backbone_net(log))
+                lmdb = feature_lmdb
         except DataPrepError as e:
             raise SearchError(str(e)) from None
         with output_to_log(log, spec.verbose):
@@ -135,7 +156,7 @@ def search(spec):
     k = min(spec.k, len(db["labels"]))
     index = BI.build_index(db["codes"], p["bits"])
     dist, rows = BI.search(index, q_codes, p["bits"], k)
-    ids, names = database_items(data, manifest)
+    ids, names = database_items(manifest["images"] if backbone else data, images_manifest)
     results = []
     for i in range(len(ds)):
         hits = []
