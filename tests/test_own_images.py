@@ -102,6 +102,13 @@ def test_features_scale_on_own_images_and_search(tmp_path, caffe_build):
     hits = json.loads(s.stdout)["results"][0]["neighbours"]
     assert len(hits) == 3 and hits[0]["distance"] == 0
     assert "net.cpp" in open(out / "12bits" / "logs" / "search.log").read()
+    # compare on the same data folder: the classical rows hash the backbone's features
+    c = cli([sys.executable, "-m", "tools.compare", "--dataset", "images", "--scale", "features",
+             "--data", str(out / "data-features"), "--bits", "12", "--iters", "20", "10",
+             "--methods", "tqn", "lsh", "--out", str(tmp_path / "compare")], caffe_build)
+    assert c.returncode == 0, c.stderr[-2000:]
+    table = (tmp_path / "compare" / "results" / "table2.md").read_text()
+    assert "LSH (custom features)" in table and "none (backbone features)" in table
     # a rerun finds everything done
     again = main_job(caffe_build, out, "--root", root, "--scale", "features", "--input-size", "12",
                      "--backbone-deploy", deploy, "--backbone-weights", weights,

@@ -6,8 +6,9 @@
 Deep rows: TQN (step 2) and triplet-only (step 1) from one TQN run per width, and DSH, DNNH and
 DQN trained on the same data, backbone and budget (TQN's two steps' iterations together), each
 extracted and evaluated by the same code (DQN: ADC ranking of its product-quantizer codes).
-Classical rows (LSH, ITQ, SDH, tools/hashing/baselines.py) hash the same split's raw pixels or
-the trained step-1 net's features (`--baseline-features`), scored by the same metric code. The
+Classical rows (LSH, ITQ, SDH, tools/hashing/baselines.py) hash the same split's raw pixels (on
+a features-scale data folder: the backbone's features) or the trained step-1 net's features
+(`--baseline-features`), scored by the same metric code. The
 paper's own Table II figures (MLH, BRE, KSH, CNNH, ...) appear only for CIFAR-10, marked
 "cited". Writes <out>/results/table2.md and table2.csv; every row names its protocol, net,
 iterations, seeds and wall time.
@@ -20,6 +21,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from data_prep import features as F
 from data_prep.build import BuildSpec, add_image_source_arguments, build, image_source_fields
 from data_prep.lmdb_io import read_image_lmdb
 from prototxt import description as D
@@ -54,9 +56,17 @@ class CompareSpec:
     seed: int = 1                       # solver seed (step 2: +1) and hashing seed
 
 
-def raw_pixels(data_dir):
-    """{set: (features float32 [n, H*W*C] in [0, 1], labels)} from the data set's LMDBs."""
+def raw_pixels(data_dir, manifest=None):
+    """{set: (features float32 [n, H*W*C] in [0, 1], labels)} from the data set's LMDBs; for a
+    features-scale data folder (data_prep.features.training_data) the backbone's features of
+    the originals instead (no mirrors), what the deep methods' heads see."""
     out = {}
+    backbone = (manifest or {}).get("features")
+    if backbone:
+        for s in ("train", "query", "database"):
+            folder = backbone["folder"] if s == "train" else data_dir   # train: the originals only
+            out[s] = F.read_feature_lmdb(os.path.realpath(os.path.join(folder, "lmdb", s)))
+        return out
     for s in ("train", "query", "database"):
         _, images, labels, _ = read_image_lmdb(os.path.realpath(os.path.join(data_dir, "lmdb", s)))
         out[s] = (baselines.raw_pixel_features(np.stack(images), max_value=255), labels)
@@ -95,8 +105,10 @@ def deep_rows(spec, out, data, bits, protocol, classes):
     return rows, step1_blobs
 
 
-def classical_rows(spec, bits, protocol, pixels, step1_blobs, same):
-    if spec.baseline_features == "raw":
+def classical_rows(spec, bits, protocol, pixels, step1_blobs, same, backbone=None):
+    if spec.baseline_features == "raw" and backbone:
+        sets, net, label = pixels, "none (backbone features)", f"{backbone} features"
+    elif spec.baseline_features == "raw":
         sets, net, label = pixels, "none (raw pixels)", "raw pixels"
     else:
         blobs = B.read(step1_blobs, arrays=("features", "labels")).sets
@@ -128,12 +140,13 @@ def run(spec):
     cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))
     protocol = manifest["protocol"]
     same = bool(manifest.get("database_is_query"))
-    pixels = raw_pixels(data) if spec.baseline_features == "raw" and \
+    pixels = raw_pixels(data, manifest) if spec.baseline_features == "raw" and \
         any(m in spec.methods for m in CLASSICAL) else None
     rows = []
     for bits in bits_list:
         deep, step1_blobs = deep_rows(spec, out, data, bits, protocol, cfg["classes"])
-        rows += deep + classical_rows(spec, bits, protocol, pixels, step1_blobs, same)
+        rows += deep + classical_rows(spec, bits, protocol, pixels, step1_blobs, same,
+                                      (manifest.get("features") or {}).get("backbone"))
     rows = sorted(rows, key=lambda r: spec.methods.index(_method_key(r["method"])))
     rows += report.cited_rows(bits_list, spec.dataset, protocol)
     title = f"{report.dataset_name(manifest)} / {spec.scale} scale / protocol {protocol}: mAP"
