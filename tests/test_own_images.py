@@ -172,3 +172,31 @@ def test_images_configuration_is_derived_from_the_data():
     with pytest.raises(ValueError, match="number of classes"):
         D.alpha_d("images", "cpu", 12)
     assert "images" in D.datasets()
+
+
+def test_cifar_layout_repack_is_named_by_its_archive_without_the_papers_rows(tmp_path, monkeypatch, capsys):
+    """Another data set repacked into CIFAR-10's binary layout (its own batches.meta.txt names):
+    tables name it by its archive and show none of the paper's CIFAR-10 figures; CIFAR-10 itself
+    keeps both. The replication refuses it."""
+    import data_prep.readers
+    from data_prep.fakes import fake_cifar10, write_cifar10_binary
+    from tools.pipeline import report
+    read = data_prep.readers.read_cifar10
+    monkeypatch.setattr(data_prep.readers, "read_cifar10", lambda p: read(p, expected=None))
+    images, labels = fake_cifar10(6, seed=3)
+    manifests = {}
+    for name, classes in (("own", [f"kind {c}" for c in range(10)]), ("std", None)):
+        archive = write_cifar10_binary(str(tmp_path / f"{name}.tar.gz"), images, labels,
+                                       **({"class_names": classes} if classes else {}))
+        out = tmp_path / name
+        build(BuildSpec(dataset="cifar10", archive=archive, out=str(out), protocol="dsh", quiet=True))
+        manifests[name] = json.load(open(out / "dataset.json"))
+    own, std = manifests["own"], manifests["std"]
+    assert own["repacked"] is True and std["repacked"] is False
+    assert report.dataset_name(own) == "cifar10 layout: own.tar.gz" and report.dataset_name(std) == "cifar10"
+    assert report.cited_rows([12], report.paper_dataset(own), "dsh") == []
+    assert report.cited_rows([12], report.paper_dataset(std), "dsh")
+    from tools import replicate
+    code = replicate.main(["table2", "--scale", "cpu", "--archive", str(tmp_path / "own.tar.gz"),
+                           "--out", str(tmp_path / "replication"), "--quiet"])
+    assert code == 2 and "not CIFAR-10's" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def run(spec):
         rows += deep + classical_rows(spec, bits, protocol, pixels, step1_blobs, same,
                                       (manifest.get("features") or {}).get("backbone"))
     rows = sorted(rows, key=lambda r: spec.methods.index(_method_key(r["method"])))
-    rows += report.cited_rows(bits_list, spec.dataset, protocol)
+    rows += report.cited_rows(bits_list, report.paper_dataset(manifest), protocol)
     title = f"{report.dataset_name(manifest)} / {spec.scale} scale / protocol {protocol}: mAP"
     text = report.method_table(rows, bits_list, title)
     report.write_table(os.path.join(out, "results", "table2.md"), text, rows)

@@ -203,6 +203,11 @@ def prepare_data(setting):
     for protocol in R["protocols"]:
         folders[protocol] = os.path.join(setting.work, "data", protocol)
         build(setting.data_spec(protocol, folders[protocol], splits_only=protocol == "dsh"))
+    with open(os.path.join(folders[R["protocols"][0]], "dataset.json")) as f:
+        if json.load(f).get("repacked"):
+            raise PipelineError(f"{setting.spec.archive}: its batches.meta class names are not CIFAR-10's: "
+                                f"another data set in CIFAR-10's layout; the replication is of CIFAR-10 "
+                                f"(use python -m tools.compare or the main job for it)")
     for name in ("train", "query"):
         lists = [open(os.path.join(folders[p], "splits", p, f"{name}.txt")).read() for p in R["protocols"]]
         if lists[0] != lists[1]:

@@ -95,12 +95,21 @@ def _with_sd(value, sd):
 
 def dataset_name(manifest):
     """A data set's name in titles and tables: its configuration name, and for the user's own
-    images (`images`) that with the folder or list file they came from, e.g. "images: flowers"."""
+    images (`images`) that with the folder or list file they came from, e.g. "images: flowers";
+    another data set repacked into CIFAR-10's layout by its archive, "cifar10 layout: x.tar.gz"."""
     name = manifest.get("dataset")
+    source = str(manifest.get("source") or "").rstrip("/\\")
     if name == "images":
-        source = str(manifest.get("source") or "").rstrip("/\\")
         return f"images: {os.path.basename(source) or source}"
+    if manifest.get("repacked"):
+        return f"{name} layout: {os.path.basename(source) or source}"
     return name
+
+
+def paper_dataset(manifest):
+    """The data set the paper's figures were reported for: the manifest's, unless it is another
+    data set repacked into that one's archive layout (then None: no cited rows beside it)."""
+    return None if manifest.get("repacked") else manifest.get("dataset")
 
 
 def cited_rows(bits_list, dataset, protocol):
