@@ -6,7 +6,7 @@
 Deep rows: TQN (step 2) and triplet-only (step 1) from one TQN run per width, and DSH, DNNH and
 DQN trained on the same data, backbone and budget (TQN's two steps' iterations together), each
 extracted and evaluated by the same code (DQN: ADC ranking of its product-quantizer codes).
-Classical rows (LSH, ITQ, SDH, tools/hashing/baselines.py) hash the same split's raw pixels (on
+Classical rows (LSH, ITQ, SDH, KSH; tools/hashing/baselines.py) hash the same split's raw pixels (on
 a features-scale data folder: the backbone's features) or the trained step-1 net's features
 (`--baseline-features`), scored by the same metric code. The
 paper's own Table II figures (MLH, BRE, KSH, CNNH, ...) appear only for CIFAR-10, marked
@@ -36,7 +36,7 @@ from tools.pipeline.training import TrainSpec, load_manifest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEP = ("tqn", "triplet")                # one TQN run: step 2 and step 1
 ONE_STEP = ("dsh", "dnnh", "dqn")        # one step of TQN's two steps' budget
-CLASSICAL = ("lsh", "itq", "sdh")
+CLASSICAL = ("lsh", "itq", "sdh", "ksh")
 LABELS = {"tqn": "TQN", "triplet": "Triplet only"}
 
 
