@@ -249,7 +249,7 @@ def extract(spec, net_factory=None):
                                same_as={n: i['same_as'] for n, i in manifest['lmdb'].items() if i.get('same_as')},
                                files={'deploy': os.path.abspath(spec.deploy),
                                       'weights': os.path.abspath(spec.weights)},
-                               seconds=round(time.monotonic() - t0, 1))
+                               seconds=round(time.monotonic() - t0, 1), workers=int(spec.workers))
         import shutil
         shutil.rmtree(parts, ignore_errors=True)
         return dict(record, skipped=False, **stats)
