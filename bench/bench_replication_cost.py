@@ -89,6 +89,8 @@ def main(argv=None):
     for marker in sorted(glob.glob(os.path.join(work, "features", "*", "features.json"))):
         with open(marker) as f:
             record = json.load(f)
+        if record["inputs"].get("derived_from"):    # copied from another's rows, not extracted
+            continue
         images = sum(n for k, n in record["counts"].items() if not k.endswith("_mirror")
                      and k not in record.get("same_as", {}))
         features.append(dict(folder=os.path.basename(os.path.dirname(marker)), seconds=record["seconds"],

@@ -1,6 +1,6 @@
 """Backbone features of a data_prep build's images, for each image and its mirror, as float Datum LMDBs.
 
-    python -m data_prep.features --images BUILD --backbone nsfw-resnet50-1by2 --input-size 96 --out DIR
+    python -m data_prep.features --images BUILD [--backbone efficientnet-lite0 --input-size 128] --out DIR
         [--batch-size 50] [--chunk 2000] [--workers N] [--deploy P --weights W]  (another Caffe backbone)
 
 BUILD is a `python -m data_prep.build` output folder (its `dataset.json` and raw or encoded image
@@ -48,6 +48,9 @@ BACKBONE_MEANS = {'nsfw-resnet50-1by2': (104.0, 117.0, 123.0),  # open_nsfw's cl
                   'efficientnet-lite0': (127.0, 127.0, 127.0)}  # efficientnet_lite_builder's MEAN_RGB
 BACKBONE_STD = {'efficientnet-lite0': 128.0}                    # its STDDEV_RGB
 BACKBONE_CHANNELS = {'efficientnet-lite0': 'rgb'}               # otherwise 'bgr' (Caffe's, as stored)
+# The default backbone and input size: the held-out choice (prototxt.description.FEATURE_BACKBONE,
+# which must agree: tested).
+DEFAULT_BACKBONE = ('efficientnet-lite0', 128)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,13 +305,22 @@ def _compute_chunks(spec, deploy, top, missing, net_factory, counts):
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=min(spec.workers, len(missing)), mp_context=multiprocessing.get_context('spawn'),
         initializer=_one_blas_thread)
+    from concurrent.futures.process import BrokenProcessPool
     try:
         futures = {pool.submit(_worker_chunk, spec, deploy, top, net_factory, src, lo, hi, part): name
                    for name, src, lo, hi, part in missing}
         for future in concurrent.futures.as_completed(futures):
             progress[futures[future]].update(future.result())
-    except BaseException:
+    except BaseException as e:
+        # stop at once: chunks already handed to a worker would otherwise still be computed (the
+        # finished parts are kept; a part being written is a temporary, removed on the next run)
+        for process in list((getattr(pool, '_processes', None) or {}).values()):
+            process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, BrokenProcessPool):
+            raise DataPrepError(f'{spec.out}: a feature worker process died (Caffe aborts on a bad net or '
+                                f'weights file; its reason is in the net log, e.g. {spec.out}/caffe.log); '
+                                f'rerun with --workers 1 to see it') from None
         raise
     pool.shutdown(wait=True)
 
@@ -548,28 +560,38 @@ def encode_image_lmdb(features_dir, images_lmdb, out_lmdb, net_factory=None):
     images were (its recorded input size, mean, std and channel order; the originals, no
     mirror): the image LMDB `images_lmdb` -> the float-Datum LMDB `out_lmdb` (written
     atomically). For encoding images a features-scale model was not trained on (tools.search).
-    Returns the number of rows."""
+    The backbone's weights must be the recorded ones (sha256). Returns the number of rows."""
+    import tempfile
     _, record = features_record(features_dir)
     inputs, files = record['inputs'], record.get('files') or {}
-    if not files.get('weights') or not os.path.exists(files['weights']):
-        raise DataPrepError(f'{features_dir}/features.json: the backbone weights {files.get("weights")} '
-                            'are gone; fetch the backbone again (python -m data_prep.features)')
+    for what in ('deploy', 'weights'):
+        path = files.get(what)
+        if not path or not os.path.exists(path) or sha256_file(path) != inputs[f'{what}_sha256']:
+            raise DataPrepError(f'{features_dir}/features.json: the backbone {what} file {path} is gone or '
+                                f'changed since the features were computed; fetch that backbone again, or '
+                                f'recompute the features and retrain')
     spec = FeatureSpec(images='', out=features_dir, deploy=files['deploy'], weights=files['weights'],
                        input_size=inputs['input_size'], mean_bgr=tuple(inputs['mean_bgr']),
                        backbone=inputs['backbone'], std=inputs.get('std', 1.0),
                        channels=inputs.get('channels', 'bgr'))
-    deploy = os.path.join(features_dir, 'feature_deploy.prototxt')
-    top = record['feature_blob']
+    text, top = feature_deploy(open(spec.deploy).read(), spec.input_size, spec.batch_size)
     n = lmdb_count(images_lmdb)
-    imgs, labels = _load_images(images_lmdb, (0, n))
-    feats = _forward((net_factory or caffe_net)(deploy, spec.weights), top, imgs, spec, mirror=False)[:, 0]
-    with atomic_dir(out_lmdb) as tmp:
-        w = LmdbWriter(tmp, n * (feats.shape[1] * 5 + 64) + (1 << 20))
+    with tempfile.TemporaryDirectory() as tmp, atomic_dir(out_lmdb) as out:
+        deploy = os.path.join(tmp, 'feature_deploy.prototxt')
+        write_text(deploy, text)
+        net = (net_factory or caffe_net)(deploy, spec.weights)
+        w = None
         try:
-            for row, (f_, lab) in enumerate(zip(feats, labels)):
-                w.put(key(row), float_datum(f_, lab).SerializeToString())
+            for lo in range(0, n, spec.chunk):
+                imgs, labels = _load_images(images_lmdb, (lo, min(n, lo + spec.chunk)))
+                feats = _forward(net, top, imgs, spec, mirror=False)[:, 0]
+                if w is None:
+                    w = LmdbWriter(out, n * (feats.shape[1] * 5 + 64) + (1 << 20))
+                for row, (f_, lab) in enumerate(zip(feats, labels), lo):
+                    w.put(key(row), float_datum(f_, lab).SerializeToString())
         finally:
-            w.close()
+            if w is not None:
+                w.close()
     return n
 
 
@@ -589,8 +611,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--images', required=True, help='a data_prep build folder')
     ap.add_argument('--out', required=True)
-    ap.add_argument('--backbone', default='nsfw-resnet50-1by2')
-    ap.add_argument('--input-size', type=int, default=96)
+    ap.add_argument('--backbone', default=DEFAULT_BACKBONE[0],
+                    help=f'a named backbone (default {DEFAULT_BACKBONE[0]}): ' + ', '.join(sorted(BACKBONE_MEANS)))
+    ap.add_argument('--input-size', type=int, default=DEFAULT_BACKBONE[1],
+                    help=f'default {DEFAULT_BACKBONE[1]}')
     ap.add_argument('--deploy', help='another backbone: its deploy.prototxt (with --weights, --mean)')
     ap.add_argument('--weights')
     ap.add_argument('--mean', default='104,117,123', help='mean for --deploy, in its channel order '

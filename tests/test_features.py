@@ -3,6 +3,7 @@
 The backbone is made here (conv -> BatchNorm -> Scale -> ReLU -> AVE pool -> fc classifier, its own
 caffemodel written with pycaffe), so nothing is downloaded; the features are checked against a numpy
 computation of the same net. The real nsfw backbone runs when it is cached."""
+import functools
 import json
 import os
 
@@ -173,6 +174,25 @@ def test_chunk_workers_compute_what_one_process_computes(image_build, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # one BLAS thread each: rounding only
     assert not (tmp_path / 'two' / '.parts').exists()
     assert F.extract(F.FeatureSpec(out=str(tmp_path / 'two'), workers=2, **base))['skipped']
+    # the chunks really ran in two processes, not this one
+    pids = tmp_path / 'pids'
+    pids.mkdir()
+    F.extract(F.FeatureSpec(out=str(tmp_path / 'three'), workers=2, **base),
+              net_factory=functools.partial(pid_net, str(pids)))
+    seen = {int(p.name) for p in pids.iterdir()}
+    assert len(seen) == 2 and os.getpid() not in seen
+    # a worker that dies (Caffe aborts on a weights file it cannot parse) is a clear error
+    bad = tmp_path / 'bad.caffemodel'
+    bad.write_bytes(b'not a caffemodel' * 64)
+    with pytest.raises(DataPrepError, match='worker process died'):
+        F.extract(F.FeatureSpec(out=str(tmp_path / 'four'), workers=2, **dict(base, weights=str(bad))))
+    assert not (tmp_path / 'four' / 'features.json').exists()
+
+
+def pid_net(folder, deploy, weights):
+    """A chunk worker's net factory that leaves its process id in `folder` (picklable)."""
+    open(os.path.join(folder, str(os.getpid())), 'w').close()
+    return F.caffe_net(deploy, weights)
 
 
 def test_std_and_channel_order_are_inputs(image_build, tmp_path):

@@ -44,6 +44,11 @@ def test_feature_head_net_has_the_fc6_fc7_stand_ins_and_no_caffe_mirror():
         D.tqn_parameters("cifar10", "paper", 48)["alpha_d"]
 
 
+def test_the_default_backbone_is_the_descriptions():
+    assert F.DEFAULT_BACKBONE == (D.FEATURE_BACKBONE["backbone"], D.FEATURE_BACKBONE["input_size"])
+    assert D.REPLICATION_SCALES["features"]["backbone"] == F.DEFAULT_BACKBONE[0]
+
+
 def test_seed_mean_rows_mean_and_sample_sd():
     rows = [dict(method="TQN", features="learned", bits=12, protocol="dsh", source="measured",
                  map_tie_aware=v, map_index_order=v, precision_radius2=None, real_map=v + 0.1,

@@ -87,7 +87,7 @@ def test_features_scale_on_own_images_and_search(tmp_path, caffe_build):
                  "--backbone-deploy", deploy, "--backbone-weights", weights,
                  "--backbone-mean", ",".join(str(m) for m in MEAN))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "images: mydigits / features scale / protocol stratified" in r.stdout
+    assert "images: mydigits / features scale (custom at 12) / protocol stratified" in r.stdout
     assert "| BC with TQN |" in r.stdout and "net.cpp" not in r.stdout + r.stderr
     record = json.load(open(out / "features" / "custom-12" / "features.json"))
     assert record["dimension"] == 5 and record["inputs"]["input_size"] == 12
@@ -109,6 +109,11 @@ def test_features_scale_on_own_images_and_search(tmp_path, caffe_build):
     assert c.returncode == 0, c.stderr[-2000:]
     table = (tmp_path / "compare" / "results" / "table2.md").read_text()
     assert "LSH (custom features)" in table and "none (backbone features)" in table
+    # the features scale on an image build (not features) is refused, naming what to do
+    wrong = cli([sys.executable, "-m", "tools.train", "--data", str(out / "data"), "--dataset", "images",
+                 "--scale", "features", "--bits", "12", "--iters", "2", "1", "--out", str(tmp_path / "wrong")],
+                caffe_build)
+    assert wrong.returncode == 2 and "needs a features data folder" in wrong.stderr
     # a rerun finds everything done
     again = main_job(caffe_build, out, "--root", root, "--scale", "features", "--input-size", "12",
                      "--backbone-deploy", deploy, "--backbone-weights", weights,

@@ -33,7 +33,7 @@ from data_prep.build import (BuildSpec, add_image_source_arguments, build, image
                              parse_resize)
 from prototxt import description as D
 from tools.pipeline import evaluation, report
-from tools.pipeline.caffe import logged_backbone_net
+from tools.pipeline import features as PF
 from tools.pipeline.errors import run_command
 from tools.pipeline.models import score, train_models
 from tools.pipeline.training import TrainSpec, load_manifest, tqn_override
@@ -95,15 +95,22 @@ def feature_training_data(spec, images):
     from (out/data-features: seeded mirrored lists of the build's seed); returns that folder."""
     backbone = spec.backbone or D.FEATURE_BACKBONE["backbone"]
     size = spec.input_size or D.FEATURE_BACKBONE["input_size"]
-    name = f"{'custom' if spec.backbone_files else backbone}-{size}"
-    features = os.path.join(spec.out_dir(), "features", name)
-    say(f"features: {name} of {images} -> {features}")
-    fspec = F.backbone_spec(images, features, backbone, size, own=spec.backbone_files, quiet=spec.quiet)
-    F.extract(fspec, net_factory=logged_backbone_net(os.path.join(features, "caffe.log")))
+    root = os.path.join(spec.out_dir(), "features")
+    say(f"features: {PF.features_name(backbone, size, spec.backbone_files)} of {images} -> {root}")
+    features = PF.backbone_features(images, root, backbone, size, own=spec.backbone_files, quiet=spec.quiet)
     folder = os.path.join(spec.out_dir(), "data-features")
-    seed = spec.build.seed if spec.build else 0
+    seed = load_manifest(images).get("seed", 0)       # the build's split and triplet seed
     F.training_data(features, images, folder, seed, sum(spec.epochs), spec.batch_triplets, quiet=spec.quiet)
     return folder
+
+
+def scale_label(spec, data):
+    """"cpu scale", or at the features scale with the backbone: "features scale (efficientnet-lite0
+    at 128)"."""
+    backbone = load_manifest(data).get("features")
+    if spec.scale != "features" or not backbone:
+        return f"{spec.scale} scale"
+    return f"features scale ({backbone['backbone']} at {backbone['input_size']})"
 
 
 def run(spec):
@@ -115,9 +122,9 @@ def run(spec):
     say(f"data: {spec.dataset} -> {data}")
     manifest = prepare_data(spec)
     protocol = manifest.get("protocol")
-    if spec.scale == "features":
+    cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))    # before any feature work
+    if spec.scale == "features" and not manifest.get("features"):      # else: --data is one already
         data = feature_training_data(spec, data)
-    cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))
     results, runs = {}, {}
     for bits in spec.bits_list():
         runs[bits] = os.path.join(out, f"{bits}bits")
@@ -131,22 +138,23 @@ def run(spec):
                                            cfg["classes"], verbose=spec.verbose)
             say(f"{bits} bits, step {step} ({'triplet' if step == 1 else 'TQN'}):\n"
                 + evaluation.summary(results[bits][step]))
-    return write_results(spec, results, runs, protocol, time.monotonic() - start)
+    return write_results(spec, results, runs, protocol, time.monotonic() - start, scale_label(spec, data))
 
 
-def write_results(spec, results, runs, protocol, seconds):
+def write_results(spec, results, runs, protocol, seconds, scale=None):
     results_dir = os.path.join(spec.out_dir(), "results")
     bits_list = spec.bits_list()
     manifest = load_manifest(spec.data_dir())
     name = report.dataset_name(manifest)
     md, csv_rows = report.table3(results, bits_list, spec.dataset, protocol, name=name)
-    title = f"{name} / {spec.scale} scale / protocol {protocol}"
+    title = f"{name} / {scale or spec.scale + ' scale'} / protocol {protocol}"
     report.write_table(os.path.join(results_dir, "table3.md"), f"# {title}\n\n{md}\n", csv_rows)
     report.plot_losses(runs, results_dir, title)
     report.plot_pr_curves(results, os.path.join(results_dir, "pr_curves.png"), title)
     warnings = {f"{b} bits step {s}": results[b][s]["collapse_warnings"]
                 for b in bits_list for s in (1, 2) if results[b][s]["collapse_warnings"]}
-    summary = dict(dataset=spec.dataset, dataset_name=name, scale=spec.scale, protocol=protocol, bits=bits_list,
+    summary = dict(dataset=spec.dataset, dataset_name=name, scale=spec.scale, scale_label=scale, protocol=protocol,
+                   bits=bits_list,
                    seconds=round(seconds, 1), table=csv_rows, warnings=warnings,
                    data_seed=manifest.get("seed"), triplet_seed=manifest.get("triplets", {}).get("seed"),
                    solver_seed=spec.seed)
@@ -203,8 +211,14 @@ def main(argv=None):
         ap.error("--backbone-deploy and --backbone-weights go together")
     if a.scale != "features" and (a.backbone or a.input_size or a.backbone_deploy):
         ap.error("--backbone, --input-size and --backbone-deploy are for --scale features")
-    own = (os.path.abspath(a.backbone_deploy), os.path.abspath(a.backbone_weights),
-           tuple(float(v) for v in a.backbone_mean.split(","))) if a.backbone_deploy else None
+    if a.backbone and a.backbone_deploy:
+        ap.error("--backbone names a fetched backbone, --backbone-deploy your own: give one")
+    try:
+        mean = tuple(float(v) for v in a.backbone_mean.split(","))
+    except ValueError:
+        ap.error(f"--backbone-mean takes comma-separated numbers, got {a.backbone_mean!r}")
+    own = (os.path.abspath(a.backbone_deploy), os.path.abspath(a.backbone_weights), mean) \
+        if a.backbone_deploy else None
     data = BuildSpec(dataset=a.dataset, out="", archive=a.archive, root=a.root, protocol=a.protocol,
                      seed=a.data_seed, epochs=sum(a.epochs), batch_triplets=a.batch_triplets,
                      resize=a.resize, singletons=a.singletons, quiet=a.quiet, **image_source_fields(a))

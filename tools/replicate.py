@@ -49,6 +49,7 @@ from data_prep import features as F
 from prototxt import description as D
 from tools.pipeline import blobs as B
 from tools.pipeline import evaluation, report
+from tools.pipeline import features as PF
 from tools.pipeline.caffe import logged_backbone_net
 from tools.pipeline.errors import PipelineError, run_command
 from tools.pipeline.models import score, train_models
@@ -233,22 +234,29 @@ def backbone_choice(results):
     return chosen
 
 
+def features_backbone(setting):
+    """{"backbone", "input_size", "chosen"}: the features scale's backbone, the held-out choice of
+    results/backbone_study.json when there is one (not with your own backbone), else the scale's."""
+    scale = D.REPLICATION_SCALES[setting.spec.scale]
+    chosen = None if setting.spec.backbone_files else backbone_choice(setting.results)
+    source = chosen or scale
+    return dict(backbone="custom" if setting.spec.backbone_files else source["backbone"],
+                input_size=source["input_size"], chosen=bool(chosen))
+
+
 def feature_data(setting, images, seeds):
     """The features scale: the backbone's features of the image build `images` (computed once,
     data_prep.features) and each seed's training data folder: (features folder, {seed: folder})."""
-    scale = dict(D.REPLICATION_SCALES[setting.spec.scale])
+    scale = features_backbone(setting)
     own = setting.spec.backbone_files
-    chosen = None if own else backbone_choice(setting.results)
-    if chosen:
-        scale.update(backbone=chosen["backbone"], input_size=chosen["input_size"])
-        say(f"features: the held-out choice of results/backbone_study.json: {chosen['backbone']} at "
-            f"{chosen['input_size']}x{chosen['input_size']}")
-    name = f"{'custom' if own else scale['backbone']}-{scale['input_size']}"
-    features = os.path.join(setting.work, "features", name)
-    say(f"features: {name} of {images} -> {features}")
-    spec = F.backbone_spec(images, features, scale["backbone"], scale["input_size"], own=own,
-                           quiet=setting.spec.quiet)
-    F.extract(spec, net_factory=logged_backbone_net(os.path.join(features, "caffe.log")))
+    if scale["chosen"]:
+        say(f"features: the held-out choice of results/backbone_study.json: {scale['backbone']} at "
+            f"{scale['input_size']}x{scale['input_size']}")
+    root = os.path.join(setting.work, "features")
+    name = PF.features_name(scale["backbone"], scale["input_size"], own)
+    say(f"features: {name} of {images} -> {os.path.join(root, name)}")
+    features = PF.backbone_features(images, root, scale["backbone"], scale["input_size"], own=own,
+                                    quiet=setting.spec.quiet)
     folders = {}
     for seed in seeds:
         folders[seed] = os.path.join(setting.work, "data", f"features-seed{seed}")
@@ -393,10 +401,10 @@ def title(setting, protocol=None):
               else "the paper's epochs")
     start = f"warm start {s.warm_iters} iterations, " if s.warm_iters else "from scratch, "
     if s.spec.scale == "features":
-        scale = D.REPLICATION_SCALES["features"]
-        seeds = s.spec.seeds or scale["seeds"]
-        start = (f"fixed {'custom' if s.spec.backbone_files else scale['backbone']} features at "
-                 f"{scale['input_size']}x{scale['input_size']}, mean ± sd over seeds "
+        backbone = features_backbone(s)
+        seeds = s.spec.seeds or D.REPLICATION_SCALES["features"]["seeds"]
+        start = (f"fixed {backbone['backbone']} features at "
+                 f"{backbone['input_size']}x{backbone['input_size']}, mean ± sd over seeds "
                  f"{', '.join(map(str, seeds))}, ")
     if protocol is None:
         return f"CIFAR-10 / {s.spec.scale} / {start}{budget}"
@@ -663,12 +671,7 @@ def backbone_candidate(setting, data, name, size, rows, folder):
     done = completed(marker, inputs)
     if done is not None:
         return done
-    if setting.spec.backbone_files:
-        deploy, weights, mean = setting.spec.backbone_files
-        spec = F.FeatureSpec(images=data, out=folder, deploy=deploy, weights=weights, input_size=size,
-                             mean_bgr=tuple(mean), backbone=name)
-    else:
-        spec = F.spec_from_backbone(data, folder, name, size)
+    spec = F.backbone_spec(data, folder, name, size, own=setting.spec.backbone_files)
     with open(os.path.join(data, "dataset.json")) as f:
         counts = json.load(f)["counts"]
     say(f"backbone study: {name} at {size}x{size} on {len(rows)} held-in + {counts['query']} + "

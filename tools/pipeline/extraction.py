@@ -20,7 +20,7 @@ from prototxt import generate as G
 from tools.pipeline import blobs as B
 from tools.pipeline.caffe import output_to_log
 from tools.pipeline.errors import PipelineError
-from tools.pipeline.training import load_manifest
+from tools.pipeline.training import check_scale, load_manifest
 
 THRESHOLD = 0.5  # PAPER: "b = 1 if the feature f exceeds 0.5"
 
@@ -83,6 +83,7 @@ def extract_set(spec, lmdb_path, count, mean_file, workdir):
 def extract(spec):
     """Extracts (or finds) the blobs of `spec` (an ExtractSpec); returns their meta.json."""
     manifest = load_manifest(spec.data)
+    check_scale(manifest, spec.scale, spec.data)
     if not os.path.exists(spec.weights):
         raise ExtractError(f"{spec.weights}: no such model (train it with python -m tools.train)")
     data = os.path.abspath(spec.data)

@@ -72,9 +72,7 @@ def seed_mean_rows(rows):
 
         def stats(key):
             values = [g[key] for g in group if g.get(key) is not None]
-            if not values:
-                return None, None
-            return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+            return _mean_sd(values) if values else (None, None)
         row["map_tie_aware"], row["map_sd"] = stats("map_tie_aware")
         row["map_index_order"], _ = stats("map_index_order")
         row["precision_radius2"], _ = stats("precision_radius2")

@@ -99,7 +99,11 @@ def image_build_manifest(data, manifest):
     if not manifest.get("features"):
         return manifest
     images = manifest.get("images")
-    if not images or not os.path.exists(os.path.join(images, "dataset.json")):
+    if not images:
+        raise SearchError(f"{data}: this features data folder predates the record of its image build; "
+                          f"write it again (python -m data_prep.features ... --training-data into a new "
+                          f"folder) to search with runs trained on it")
+    if not os.path.exists(os.path.join(images, "dataset.json")):
         raise SearchError(f"{data}: the image build its features came from ({images}) is gone; search "
                           f"needs it (its images' size and its split lists)")
     return load_manifest(images)

@@ -105,6 +105,17 @@ def load_manifest(data_dir):
     return manifest
 
 
+def check_scale(manifest, scale, data_dir):
+    """A features-scale run needs a features data folder (the backbone's features), every other
+    scale an image build: the other way round the net would train on the wrong input."""
+    if scale == "features" and not manifest.get("features"):
+        raise TrainError(f"{data_dir}: --scale features needs a features data folder (the main job's "
+                         f"<out>/data-features, or python -m data_prep.features --images {data_dir} --out F "
+                         f"--training-data DIR); this is an image build")
+    if scale != "features" and manifest.get("features"):
+        raise TrainError(f"{data_dir} holds backbone features (a features data folder): use --scale features")
+
+
 def final_model(run, step, iters):
     return os.path.join(run, f"step{step}_iter_{iters}.caffemodel")
 
@@ -226,6 +237,7 @@ def done_steps(params_path, record):
 def train(spec):
     """Trains the run of `spec` (a TrainSpec); returns its record (params.json)."""
     manifest = load_manifest(spec.data)
+    check_scale(manifest, spec.scale, spec.data)
     p = plan(spec, manifest)
     run = os.path.abspath(spec.out)
     os.makedirs(os.path.join(run, "logs"), exist_ok=True)
