@@ -189,6 +189,24 @@ def test_chunk_workers_compute_what_one_process_computes(image_build, tmp_path):
     assert not (tmp_path / 'four' / 'features.json').exists()
 
 
+def test_encode_image_lmdb_computes_what_the_extraction_stored(image_build, tmp_path):
+    tmp, _, _ = image_build
+    deploy, weights, _ = make_backbone(str(tmp_path))
+    out = tmp_path / 'features'
+    F.extract(F.FeatureSpec(images=str(tmp / 'images'), out=str(out), deploy=deploy, weights=weights, input_size=12,
+                            mean_bgr=MEAN, backbone='tiny', batch_size=4, chunk=7, quiet=True))
+    n = F.encode_image_lmdb(str(out), str(tmp / 'images' / 'lmdb' / 'query'), str(tmp_path / 'new'))
+    new, labels = F.read_feature_lmdb(str(tmp_path / 'new'))
+    stored, stored_labels = F.read_feature_lmdb(str(out / 'lmdb' / 'query'))
+    assert n == 5 and labels.tolist() == stored_labels.tolist()
+    np.testing.assert_allclose(new, stored, rtol=1e-5, atol=1e-6)
+    with open(weights, 'ab') as f:     # another backbone file than the one recorded: refused
+        f.write(b'\0')
+    with pytest.raises(DataPrepError, match='gone or changed'):
+        F.encode_image_lmdb(str(out), str(tmp / 'images' / 'lmdb' / 'query'), str(tmp_path / 'new2'))
+    assert not (tmp_path / 'new2').exists()
+
+
 def pid_net(folder, deploy, weights):
     """A chunk worker's net factory that leaves its process id in `folder` (picklable)."""
     open(os.path.join(folder, str(os.getpid())), 'w').close()
