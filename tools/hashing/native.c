@@ -442,106 +442,162 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
     }
 }
 
-typedef struct { double d; int64_t i; } tqn_item;
+/* A relevant item's sort key: the bit pattern of its distance (distances are sums of
+ * squares, >= +0.0, whose IEEE order is their unsigned integer order; any NaN pattern sorts
+ * last, so the order is total), then its database index. */
+typedef struct { uint64_t u; int64_t i; } tqn_rkey;
 
-static int item_cmp(const void *a, const void *b) {
-    const tqn_item *x = (const tqn_item *)a, *y = (const tqn_item *)b;
-    if (x->d != y->d) return x->d < y->d ? -1 : 1;
+static int rkey_cmp(const void *a, const void *b) {
+    const tqn_rkey *x = (const tqn_rkey *)a, *y = (const tqn_rkey *)b;
+    if (x->u != y->u) return x->u < y->u ? -1 : 1;
     return x->i < y->i ? -1 : (x->i > y->i);
 }
 
-/* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
- * di [ndb] distances (di[self] is overwritten), n ranked items, n_rel >= 1 relevant ones
- * (is_rel marks them), rel [nrel_all] their rows (self possibly among them). Scratch:
- * bucket [ndb], count / relc / place [ndb + 2] int32, items [ndb + 2]. */
+/* Buckets per relevant item (the uniform buckets over the relevant items' distance range). */
+#define TQN_EBPR 8
+
+/* One item's bucket (see euclid_buckets). */
+static inline int32_t euclid_bucket1(double d, uint64_t u, double lo, double scale, int32_t nb,
+                                     uint64_t uhi) {
+    const double top = (double)(nb - 1);
+    double x = (d - lo) * scale;
+    x = x < top ? x : top;
+    x = x > 0.0 ? x : 0.0;
+    return u > uhi ? nb : (int32_t)x;
+}
+
+/* The bucket of each item: nb uniform buckets b = floor((d - lo) * scale) over the relevant
+ * items' range [lo, hi] (clamped to 0 .. nb - 1; a NaN product lands in nb - 1), and nb for
+ * an item beyond the relevant ones (bit pattern above uhi). Monotone in the bit pattern
+ * (the order of the keys): a smaller bucket means a smaller distance. Vectorized. */
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static void euclid_rank(double *restrict di, int64_t ndb, int64_t self, int64_t n, int64_t n_rel,
-                        const int64_t *restrict rel, int64_t nrel_all,
-                        const uint8_t *restrict is_rel, int32_t *restrict bucket,
-                        int32_t *restrict count, int32_t *restrict relc,
-                        int32_t *restrict place, tqn_item *restrict items,
-                        const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
-                        double *ap, double *ap_c, double *mr, double *mr_c) {
-    if (self >= 0) di[self] = di[self + 1 < ndb ? self + 1 : self - 1];  /* n >= 1: exists */
-    /* min / max on the bit patterns (vectorized): distances are sums of squares, >= +0.0,
-       whose IEEE order is their unsigned integer order */
-    uint64_t ulo = UINT64_MAX, uhi = 0;
+static void euclid_buckets(const double *restrict di, int64_t ndb, double lo, double scale,
+                           int32_t nb, uint64_t uhi, int32_t *restrict bucket) {
+    const double top = (double)(nb - 1);
     for (int64_t j = 0; j < ndb; j++) {
         uint64_t u;
         memcpy(&u, di + j, sizeof u);
+        double x = (di[j] - lo) * scale;
+        x = x < top ? x : top;
+        x = x > 0.0 ? x : 0.0;
+        const int32_t b = (int32_t)x;
+        bucket[j] = u > uhi ? nb : b;
+    }
+}
+
+/* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
+ * di [ndb] distances, self the query's own row or -1, n_rel >= 1 relevant items: rel
+ * [nrel_all] their rows in any order (self possibly among them, skipped). Scratch:
+ * bucket [ndb + 1], cnt [ndb + 1], start [TQN_EBPR * ndb + 4] int32, keys [ndb + 1]. */
+static void euclid_rank(const double *restrict di, int64_t ndb, int64_t self, int64_t n_rel,
+                        const int64_t *restrict rel, int64_t nrel_all,
+                        int32_t *restrict bucket, int32_t *restrict cnt,
+                        int32_t *restrict start, tqn_rkey *restrict keys,
+                        const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
+                        double *ap, double *ap_c, double *mr, double *mr_c) {
+    const int64_t m = n_rel;
+    /* the relevant items' keys (into keys[], unsorted for now) and their range */
+    uint64_t ulo = UINT64_MAX, uhi = 0;
+    for (int64_t r = 0, k = 0; r < nrel_all; r++) {
+        const int64_t j = rel[r];
+        if (j == self) continue;
+        uint64_t u;
+        memcpy(&u, di + j, sizeof u);
+        keys[k].u = u;
+        keys[k].i = j;
+        k++;
         ulo = u < ulo ? u : ulo;
         uhi = u > uhi ? u : uhi;
     }
     double lo, hi;
     memcpy(&lo, &ulo, sizeof lo);
     memcpy(&hi, &uhi, sizeof hi);
-    const int64_t nb = n;
-    const double scale = hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0;
-    const double top = (double)(nb - 1);
-    for (int64_t j = 0; j < ndb; j++) {  /* monotone buckets, vectorized */
-        double x = (di[j] - lo) * scale;
-        x = x < top ? x : top;
-        x = x > 0.0 ? x : 0.0;
-        bucket[j] = (int32_t)x;
+    const int32_t nb = (int32_t)(TQN_EBPR * m);
+    double scale = (double)nb / (hi - lo);
+    if (!(scale <= 1.7976931348623157e308)) scale = 0.0;  /* hi = lo, inf or NaN: one bucket */
+    /* counting sort of the relevant keys by bucket: start[b] = #relevant items in buckets < b
+       (start[nb] = start[nb + 1] = start[nb + 2] = m: no relevant item lies beyond uhi) */
+    memset(start, 0, sizeof(int32_t) * (size_t)(nb + 3));
+    for (int64_t k = 0; k < m; k++) {
+        double d;
+        memcpy(&d, &keys[k].u, sizeof d);
+        bucket[k] = euclid_bucket1(d, keys[k].u, lo, scale, nb, uhi);  /* < nb: u <= uhi */
+        start[bucket[k] + 1]++;
     }
-    if (self >= 0) bucket[self] = (int32_t)nb;  /* not ranked: the spare bucket */
-    memset(count, 0, sizeof(int32_t) * (size_t)(nb + 1));
-    memset(relc, 0, sizeof(int32_t) * (size_t)(nb + 1));
-    for (int64_t j = 0; j < ndb; j++) count[bucket[j]]++;
-    for (int64_t r = 0; r < nrel_all; r++) relc[bucket[rel[r]]]++;
-    relc[nb] = 0;
-    /* count[b] -> #items in buckets < b; place[b] -> start of bucket b in the compact array
-       of the buckets holding a relevant item (relc[b] > 0); the other buckets (and the
-       spare one) write to a dump slot past the end, relc[b] -> 1 or 0 (advance or not) */
-    int32_t before = 0, pos = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const int32_t c = count[b];
-        count[b] = before;
-        before += c;
-        relc[b] = relc[b] != 0;
-        place[b] = pos;
-        pos += relc[b] ? c : 0;
-    }
-    for (int64_t b = 0; b <= nb; b++)
-        if (!relc[b]) place[b] = pos;
-    for (int64_t j = 0; j < ndb; j++) {  /* in index order: stable; branch-free */
-        const int32_t b = bucket[j];
-        tqn_item *it = items + place[b];
-        it->d = di[j];
-        it->i = j;
-        place[b] += relc[b];
-    }
-    /* place[b] is now the end of bucket b in the compact array (for relc[b] = 1) */
-    int64_t hits = 0, start = 0;
-    for (int64_t b = 0; b < nb && hits < n_rel; b++) {
-        if (!relc[b]) continue;
-        const int64_t end = place[b];
-        const int64_t len = end - start;
-        if (len > 32) {
-            qsort(items + start, (size_t)len, sizeof(tqn_item), item_cmp);
-        } else if (len > 1) {
-            for (int64_t x = start + 1; x < end; x++) {
-                tqn_item t = items[x];
+    for (int32_t b = 0; b < nb; b++) start[b + 1] += start[b];
+    start[nb + 1] = start[nb + 2] = (int32_t)m;
+    tqn_rkey *sorted = keys + m + 1;  /* [m + 1]; keys has room for 2 ndb + 2 */
+    for (int64_t k = 0; k < m; k++) sorted[start[bucket[k]]++] = keys[k];
+    for (int32_t b = nb; b > 0; b--) start[b] = start[b - 1];  /* back to bucket starts */
+    start[0] = 0;
+    for (int32_t b = 0; b < nb; b++) {  /* finish each bucket on (bits, index) */
+        const int64_t s = start[b], e = start[b + 1];
+        if (e - s > 32) {
+            qsort(sorted + s, (size_t)(e - s), sizeof(tqn_rkey), rkey_cmp);
+        } else if (e - s > 1) {
+            for (int64_t x = s + 1; x < e; x++) {
+                const tqn_rkey t = sorted[x];
                 int64_t y = x - 1;
-                while (y >= start && (items[y].d > t.d)) {  /* strict: stable */
-                    items[y + 1] = items[y];
+                while (y >= s && (sorted[y].u > t.u || (sorted[y].u == t.u && sorted[y].i > t.i))) {
+                    sorted[y + 1] = sorted[y];
                     y--;
                 }
-                items[y + 1] = t;
+                sorted[y + 1] = t;
             }
         }
-        for (int64_t p = start; p < end; p++) {
-            if (!is_rel[items[p].i]) continue;
-            const int64_t rank = (int64_t)count[b] + (p - start) + 1;
-            hits++;
-            const double prec = (double)hits / (double)rank;
-            kahan_add(ap, ap_c, prec);
-            if (rank <= n_rel) kahan_add(mr, mr_c, prec);
-            for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
+    }
+    sorted[m].u = UINT64_MAX;  /* sentinel */
+    sorted[m].i = INT64_MAX;
+    /* every item's slot: s = #relevant keys smaller than its key (a relevant item's slot is
+       its own place in sorted order); cnt[s] counts the items per slot, so the relevant item
+       at place p has rank = #items of smaller key + 1 = cnt[0] + ... + cnt[p] */
+    euclid_buckets(di, ndb, lo, scale, nb, uhi, bucket);
+    if (self >= 0) bucket[self] = nb + 1;  /* not ranked: slot m, never summed */
+    memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
+    /* branch-free: an item whose bucket holds no relevant item has slot start[b]; the others
+       (a few with fine buckets) are listed, over bucket[], for the exact comparisons */
+    int64_t nx = 0;
+    for (int64_t j = 0; j < ndb; j++) {
+        const int32_t b = bucket[j];
+        const int32_t s = start[b], e = start[b + 1];
+        const int32_t x = s < e;
+        cnt[s] += 1 - x;
+        bucket[nx] = (int32_t)j;
+        nx += x;
+    }
+    for (int64_t t = 0; t < nx; t++) {
+        const int64_t j = bucket[t];
+        uint64_t u;
+        memcpy(&u, di + j, sizeof u);
+        const int32_t b = euclid_bucket1(di[j], u, lo, scale, nb, uhi);
+        int64_t s = start[b];
+        const int64_t e = start[b + 1];
+        if (e - s <= 8) {
+            while (s < e && (sorted[s].u < u || (sorted[s].u == u && sorted[s].i < j))) s++;
+        } else {  /* lower bound in [s, e) */
+            int64_t len = e - s;
+            while (len > 0) {
+                const int64_t half = len / 2;
+                const tqn_rkey *k = sorted + s + half;
+                if (k->u < u || (k->u == u && k->i < j)) {
+                    s += half + 1;
+                    len -= half + 1;
+                } else {
+                    len = half;
+                }
+            }
         }
-        start = end;
+        cnt[s]++;
+    }
+    int64_t rank = 0;
+    for (int64_t p = 0; p < m; p++) {
+        rank += cnt[p];
+        const double prec = (double)(p + 1) / (double)rank;
+        kahan_add(ap, ap_c, prec);
+        if (rank <= n_rel) kahan_add(mr, mr_c, prec);
+        for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
     }
 }
 
@@ -572,13 +628,11 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
     int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
-    int32_t *count = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    int32_t *relc = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    int32_t *place = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    tqn_item *items = (tqn_item *)malloc(sizeof(tqn_item) * (size_t)(ndb + 2));
-    uint8_t *is_rel = (uint8_t *)calloc((size_t)ndb + 1, 1);
+    int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    int32_t *start = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 4));
+    tqn_rkey *keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 2));
     int status = 0;
-    if (!dist || !qd || !tiles || !bucket || !count || !relc || !place || !items || !is_rel) {
+    if (!dist || !qd || !tiles || !bucket || !cnt || !start || !keys) {
         status = -2;
         goto done;
     }
@@ -605,24 +659,18 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
             double ap = 0.0, ap_c = 0.0, mr = 0.0, mr_c = 0.0;
             int64_t *hk = hits_k + (size_t)i * (size_t)nk;
             for (int64_t t = 0; t < nk; t++) hk[t] = 0;
-            int64_t n_rel = 0;
-            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++)
-                if (rel_idx[r] != self) {
-                    is_rel[rel_idx[r]] = 1;
-                    n_rel++;
-                }
+            int64_t n_rel = rel_hi[i] - rel_lo[i];
+            if (self >= 0)
+                for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) n_rel -= rel_idx[r] == self;
             if (n_rel == 0 || n == 0) {
                 ap_sum[i] = 0.0;
                 mapr_sum[i] = 0.0;
-                for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
                 continue;
             }
-            euclid_rank(di, ndb, self, n, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i],
-                        is_rel, bucket, count, relc, place, items, ks, nk, hk, &ap, &ap_c, &mr,
-                        &mr_c);
+            euclid_rank(di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], bucket,
+                        cnt, start, keys, ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
-            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
         }
     }
 done:
@@ -630,10 +678,8 @@ done:
     free(qd);
     free(tiles);
     free(bucket);
-    free(count);
-    free(relc);
-    free(place);
-    free(items);
-    free(is_rel);
+    free(cnt);
+    free(start);
+    free(keys);
     return status;
 }
