@@ -14,6 +14,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 
 #define TQN_ABI_VERSION 4
 
@@ -444,8 +447,8 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
 
 /* A relevant item's sort key: the bit pattern of its distance (distances are sums of
  * squares, >= +0.0, whose IEEE order is their unsigned integer order; any NaN pattern sorts
- * last, so the order is total), then its database index. */
-typedef struct { uint64_t u; int64_t i; } tqn_rkey;
+ * last, so the order is total), then its database index. f: its fine bucket. */
+typedef struct { uint64_t u; int32_t i, f; } tqn_rkey;
 
 static int rkey_cmp(const void *a, const void *b) {
     const tqn_rkey *x = (const tqn_rkey *)a, *y = (const tqn_rkey *)b;
@@ -453,10 +456,17 @@ static int rkey_cmp(const void *a, const void *b) {
     return x->i < y->i ? -1 : (x->i > y->i);
 }
 
-/* Buckets per relevant item (the uniform buckets over the relevant items' distance range). */
-#define TQN_EBPR 8
+/* Fine buckets per relevant item, a power of two (the relevant items are sorted on coarse
+ * buckets of TQN_EBPR fine ones: one coarse bucket per relevant item). */
+#define TQN_EBPR_LOG 3
+#define TQN_EBPR (1 << TQN_EBPR_LOG)
+/* Items per chunk of the slot pass. */
+#define TQN_ECHUNK 512
 
-/* One item's bucket (see euclid_buckets). */
+/* An item's fine bucket: nb uniform buckets b = floor((d - lo) * scale) over the relevant
+ * items' range [lo, hi] (clamped to 0 .. nb - 1; a NaN product lands in nb - 1), and nb for
+ * an item beyond the relevant ones (bit pattern above uhi). Monotone in the bit pattern (the
+ * order of the keys): a smaller bucket means a smaller distance. */
 static inline int32_t euclid_bucket1(double d, uint64_t u, double lo, double scale, int32_t nb,
                                      uint64_t uhi) {
     const double top = (double)(nb - 1);
@@ -466,39 +476,100 @@ static inline int32_t euclid_bucket1(double d, uint64_t u, double lo, double sca
     return u > uhi ? nb : (int32_t)x;
 }
 
-/* The bucket of each item: nb uniform buckets b = floor((d - lo) * scale) over the relevant
- * items' range [lo, hi] (clamped to 0 .. nb - 1; a NaN product lands in nb - 1), and nb for
- * an item beyond the relevant ones (bit pattern above uhi). Monotone in the bit pattern
- * (the order of the keys): a smaller bucket means a smaller distance. Vectorized. */
+/* The slot of items j0 .. j0 + len - 1 (len <= TQN_ECHUNK) among the m sorted relevant
+ * keys (su, si: bit patterns and indices, sentinel at m), into slot[]: s = #relevant keys
+ * smaller than the item's key, found as start[b] (#relevant items in fine buckets < b) plus
+ * one comparison when bucket b holds one relevant item; -1 when it holds several (the caller
+ * searches). Branch-free, vectorized (gathers). */
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static void euclid_buckets(const double *restrict di, int64_t ndb, double lo, double scale,
-                           int32_t nb, uint64_t uhi, int32_t *restrict bucket) {
+static void euclid_slots(const double *restrict di, int32_t j0, int32_t len, double lo,
+                         double scale, int32_t nb, uint64_t uhi, const int32_t *restrict start,
+                         const uint64_t *restrict su, const int32_t *restrict si,
+                         int32_t *restrict slot) {
     const double top = (double)(nb - 1);
-    for (int64_t j = 0; j < ndb; j++) {
+    for (int32_t t = 0; t < len; t++) {
+        const int32_t j = j0 + t;
+        const double d = di[t];
         uint64_t u;
-        memcpy(&u, di + j, sizeof u);
-        double x = (di[j] - lo) * scale;
+        memcpy(&u, &d, sizeof u);
+        double x = (d - lo) * scale;
         x = x < top ? x : top;
         x = x > 0.0 ? x : 0.0;
-        const int32_t b = (int32_t)x;
-        bucket[j] = u > uhi ? nb : b;
+        const int32_t b = u > uhi ? nb : (int32_t)x;
+        const int32_t s = start[b], k = start[b + 1] - s;
+        const uint64_t us = su[s];
+        const int32_t is = si[s];
+        const int32_t lt = (us < u) | ((us == u) & (is < j));
+        slot[t] = k >= 2 ? -1 : s + (k & lt);
     }
 }
 
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TQN_EAVX512 1
+/* euclid_slots with AVX-512 gathers (GCC's default tuning emulates them with scalar loads;
+   the gathers run ~3x faster here). The same integer logic lane by lane: the same slots. */
+__attribute__((target("avx512f,avx512vl,avx512dq")))
+static void euclid_slots_avx512(const double *restrict di, int32_t j0, int32_t len, double lo,
+                                double scale, int32_t nb, uint64_t uhi,
+                                const int32_t *restrict start, const uint64_t *restrict su,
+                                const int32_t *restrict si, int32_t *restrict slot) {
+    const __m512d vlo = _mm512_set1_pd(lo), vscale = _mm512_set1_pd(scale);
+    const __m512d vtop = _mm512_set1_pd((double)(nb - 1)), vzero = _mm512_setzero_pd();
+    const __m512i vuhi = _mm512_set1_epi64((long long)uhi), one = _mm512_set1_epi64(1);
+    const __m512i low32 = _mm512_set1_epi64(0xffffffffLL), none = _mm512_set1_epi64(-1);
+    const __m256i vnb = _mm256_set1_epi32(nb);
+    __m512i jv = _mm512_add_epi64(_mm512_set1_epi64(j0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m512i eight = _mm512_set1_epi64(8);
+    int32_t t = 0;
+    for (; t + 8 <= len; t += 8, jv = _mm512_add_epi64(jv, eight)) {
+        const __m512d d = _mm512_loadu_pd(di + t);
+        const __m512i u = _mm512_castpd_si512(d);
+        __m512d x = _mm512_mul_pd(_mm512_sub_pd(d, vlo), vscale);
+        x = _mm512_min_pd(x, vtop);  /* x < top ? x : top (a NaN x gives top) */
+        x = _mm512_max_pd(x, vzero); /* x > 0 ? x : 0 */
+        __m256i b = _mm512_cvttpd_epi32(x);
+        b = _mm256_mask_blend_epi32(_mm512_cmpgt_epu64_mask(u, vuhi), b, vnb);
+        const __m512i pair = _mm512_i32gather_epi64(b, (const void *)start, 4);
+        __m512i s = _mm512_and_si512(pair, low32);
+        const __m512i k = _mm512_sub_epi64(_mm512_srli_epi64(pair, 32), s);
+        const __mmask8 m1 = _mm512_cmpeq_epi64_mask(k, one);
+        const __mmask8 m2 = _mm512_cmpgt_epi64_mask(k, one);
+        const __m512i us = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m1, s,
+                                                       (const void *)su, 8);
+        const __m512i is = _mm512_cvtepi32_epi64(
+            _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), m1, s, (const void *)si, 4));
+        const __mmask8 lt = _mm512_cmplt_epu64_mask(us, u) |
+                            (_mm512_cmpeq_epi64_mask(us, u) & _mm512_cmplt_epi64_mask(is, jv));
+        s = _mm512_mask_add_epi64(s, m1 & lt, s, one);
+        s = _mm512_mask_mov_epi64(s, m2, none);
+        _mm256_storeu_si256((__m256i *)(slot + t), _mm512_cvtepi64_epi32(s));
+    }
+    if (t < len) euclid_slots(di + t, j0 + t, len - t, lo, scale, nb, uhi, start, su, si, slot + t);
+}
+
+static int has_avx512(void) {
+    __builtin_cpu_init();
+    return !force_generic && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
 /* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
- * di [ndb] distances, self the query's own row or -1, n_rel >= 1 relevant items: rel
+ * di [ndb] distances, self the query's own row or -1, m = n_rel >= 1 relevant items: rel
  * [nrel_all] their rows in any order (self possibly among them, skipped). Scratch:
- * bucket [ndb + 1], cnt [ndb + 1], start [TQN_EBPR * ndb + 4] int32, keys [ndb + 1]. */
-static void euclid_rank(const double *restrict di, int64_t ndb, int64_t self, int64_t n_rel,
-                        const int64_t *restrict rel, int64_t nrel_all,
-                        int32_t *restrict bucket, int32_t *restrict cnt,
+ * cnt [ndb + 1], start [TQN_EBPR * ndb + 4] int32, keys [2 ndb + 2], su [ndb + 1],
+ * si [ndb + 1]. */
+static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int64_t self,
+                        int64_t n_rel,
+                        const int64_t *restrict rel, int64_t nrel_all, int32_t *restrict cnt,
                         int32_t *restrict start, tqn_rkey *restrict keys,
+                        uint64_t *restrict su, int32_t *restrict si,
                         const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
                         double *ap, double *ap_c, double *mr, double *mr_c) {
     const int64_t m = n_rel;
-    /* the relevant items' keys (into keys[], unsorted for now) and their range */
+    /* the relevant items' keys (unsorted) and their range */
     uint64_t ulo = UINT64_MAX, uhi = 0;
     for (int64_t r = 0, k = 0; r < nrel_all; r++) {
         const int64_t j = rel[r];
@@ -506,7 +577,7 @@ static void euclid_rank(const double *restrict di, int64_t ndb, int64_t self, in
         uint64_t u;
         memcpy(&u, di + j, sizeof u);
         keys[k].u = u;
-        keys[k].i = j;
+        keys[k].i = (int32_t)j;
         k++;
         ulo = u < ulo ? u : ulo;
         uhi = u > uhi ? u : uhi;
@@ -514,32 +585,31 @@ static void euclid_rank(const double *restrict di, int64_t ndb, int64_t self, in
     double lo, hi;
     memcpy(&lo, &ulo, sizeof lo);
     memcpy(&hi, &uhi, sizeof hi);
-    const int32_t nb = (int32_t)(TQN_EBPR * m);
+    const int32_t nc = (int32_t)m, nb = (int32_t)(TQN_EBPR * m);
     double scale = (double)nb / (hi - lo);
     if (!(scale <= 1.7976931348623157e308)) scale = 0.0;  /* hi = lo, inf or NaN: one bucket */
-    /* counting sort of the relevant keys by bucket: start[b] = #relevant items in buckets < b
-       (start[nb] = start[nb + 1] = start[nb + 2] = m: no relevant item lies beyond uhi) */
-    memset(start, 0, sizeof(int32_t) * (size_t)(nb + 3));
+    /* counting sort of the relevant keys on coarse buckets (f >> TQN_EBPR_LOG, nc of them),
+       each finished on (bits, index); cstart (in cnt[]) = starts of the coarse buckets */
+    int32_t *cstart = cnt;
+    memset(cstart, 0, sizeof(int32_t) * (size_t)(nc + 2));
     for (int64_t k = 0; k < m; k++) {
         double d;
         memcpy(&d, &keys[k].u, sizeof d);
-        bucket[k] = euclid_bucket1(d, keys[k].u, lo, scale, nb, uhi);  /* < nb: u <= uhi */
-        start[bucket[k] + 1]++;
+        keys[k].f = euclid_bucket1(d, keys[k].u, lo, scale, nb, uhi);  /* < nb: u <= uhi */
+        cstart[(keys[k].f >> TQN_EBPR_LOG) + 1]++;
     }
-    for (int32_t b = 0; b < nb; b++) start[b + 1] += start[b];
-    start[nb + 1] = start[nb + 2] = (int32_t)m;
-    tqn_rkey *sorted = keys + m + 1;  /* [m + 1]; keys has room for 2 ndb + 2 */
-    for (int64_t k = 0; k < m; k++) sorted[start[bucket[k]]++] = keys[k];
-    for (int32_t b = nb; b > 0; b--) start[b] = start[b - 1];  /* back to bucket starts */
-    start[0] = 0;
-    for (int32_t b = 0; b < nb; b++) {  /* finish each bucket on (bits, index) */
-        const int64_t s = start[b], e = start[b + 1];
+    for (int32_t c = 0; c < nc; c++) cstart[c + 1] += cstart[c];
+    tqn_rkey *sorted = keys + m + 1;  /* [m]; keys has room for 2 ndb + 2 */
+    for (int64_t k = 0; k < m; k++) sorted[cstart[keys[k].f >> TQN_EBPR_LOG]++] = keys[k];
+    /* cstart[c] is now the end of coarse bucket c */
+    for (int32_t c = 0, s = 0; c < nc; c++) {
+        const int32_t e = cstart[c];
         if (e - s > 32) {
             qsort(sorted + s, (size_t)(e - s), sizeof(tqn_rkey), rkey_cmp);
         } else if (e - s > 1) {
-            for (int64_t x = s + 1; x < e; x++) {
+            for (int32_t x = s + 1; x < e; x++) {
                 const tqn_rkey t = sorted[x];
-                int64_t y = x - 1;
+                int32_t y = x - 1;
                 while (y >= s && (sorted[y].u > t.u || (sorted[y].u == t.u && sorted[y].i > t.i))) {
                     sorted[y + 1] = sorted[y];
                     y--;
@@ -547,49 +617,57 @@ static void euclid_rank(const double *restrict di, int64_t ndb, int64_t self, in
                 sorted[y + 1] = t;
             }
         }
+        s = e;
     }
-    sorted[m].u = UINT64_MAX;  /* sentinel */
-    sorted[m].i = INT64_MAX;
+    /* sorted keys as arrays (sentinel at m) and the fine table start[b] = #relevant items in
+       fine buckets < b, for b = 0 .. nb + 2 (start[nb..nb + 2] = m: nothing lies beyond) */
+    int32_t fb = 0;
+    for (int32_t p = 0; p < (int32_t)m; p++) {
+        su[p] = sorted[p].u;
+        si[p] = sorted[p].i;
+        for (const int32_t f = sorted[p].f; fb <= f; fb++) start[fb] = p;
+    }
+    for (; fb <= nb + 2; fb++) start[fb] = (int32_t)m;
+    su[m] = UINT64_MAX;
+    si[m] = INT32_MAX;
     /* every item's slot: s = #relevant keys smaller than its key (a relevant item's slot is
        its own place in sorted order); cnt[s] counts the items per slot, so the relevant item
        at place p has rank = #items of smaller key + 1 = cnt[0] + ... + cnt[p] */
-    euclid_buckets(di, ndb, lo, scale, nb, uhi, bucket);
-    if (self >= 0) bucket[self] = nb + 1;  /* not ranked: slot m, never summed */
     memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
-    /* branch-free: an item whose bucket holds no relevant item has slot start[b]; the others
-       (a few with fine buckets) are listed, over bucket[], for the exact comparisons */
-    int64_t nx = 0;
-    for (int64_t j = 0; j < ndb; j++) {
-        const int32_t b = bucket[j];
-        const int32_t s = start[b], e = start[b + 1];
-        const int32_t x = s < e;
-        cnt[s] += 1 - x;
-        bucket[nx] = (int32_t)j;
-        nx += x;
-    }
-    for (int64_t t = 0; t < nx; t++) {
-        const int64_t j = bucket[t];
-        uint64_t u;
-        memcpy(&u, di + j, sizeof u);
-        const int32_t b = euclid_bucket1(di[j], u, lo, scale, nb, uhi);
-        int64_t s = start[b];
-        const int64_t e = start[b + 1];
-        if (e - s <= 8) {
-            while (s < e && (sorted[s].u < u || (sorted[s].u == u && sorted[s].i < j))) s++;
-        } else {  /* lower bound in [s, e) */
-            int64_t len = e - s;
-            while (len > 0) {
-                const int64_t half = len / 2;
-                const tqn_rkey *k = sorted + s + half;
-                if (k->u < u || (k->u == u && k->i < j)) {
-                    s += half + 1;
-                    len -= half + 1;
-                } else {
-                    len = half;
+    int32_t slot[TQN_ECHUNK];
+    for (int64_t j0 = 0; j0 < ndb; j0 += TQN_ECHUNK) {
+        const int32_t len = (int32_t)(ndb - j0 < TQN_ECHUNK ? ndb - j0 : TQN_ECHUNK);
+#ifdef TQN_EAVX512
+        if (avx512)
+            euclid_slots_avx512(di + j0, (int32_t)j0, len, lo, scale, nb, uhi, start, su, si,
+                                slot);
+        else
+#endif
+            euclid_slots(di + j0, (int32_t)j0, len, lo, scale, nb, uhi, start, su, si, slot);
+        if (self >= j0 && self < j0 + len) slot[self - j0] = (int32_t)m;  /* not ranked */
+        for (int32_t t = 0; t < len; t++) {
+            int32_t s = slot[t];
+            if (s < 0) {  /* several relevant items in its bucket: lower bound among them */
+                const int32_t j = (int32_t)j0 + t;
+                const double d = di[j];
+                uint64_t u;
+                memcpy(&u, &d, sizeof u);
+                const int32_t b = euclid_bucket1(d, u, lo, scale, nb, uhi);
+                int32_t len2 = start[b + 1] - start[b];
+                s = start[b];
+                while (len2 > 0) {
+                    const int32_t half = len2 / 2;
+                    const int32_t x = s + half;
+                    if (su[x] < u || (su[x] == u && si[x] < j)) {
+                        s = x + 1;
+                        len2 -= half + 1;
+                    } else {
+                        len2 = half;
+                    }
                 }
             }
+            cnt[s]++;
         }
-        cnt[s]++;
     }
     int64_t rank = 0;
     for (int64_t p = 0; p < m; p++) {
@@ -627,12 +705,18 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
     double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
-    int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
-    int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
     int32_t *start = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 4));
     tqn_rkey *keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 2));
+    uint64_t *su = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1));
+    int32_t *si = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
     int status = 0;
-    if (!dist || !qd || !tiles || !bucket || !cnt || !start || !keys) {
+#ifdef TQN_EAVX512
+    const int avx512 = has_avx512();
+#else
+    const int avx512 = 0;
+#endif
+    if (!dist || !qd || !tiles || !cnt || !start || !keys || !su || !si) {
         status = -2;
         goto done;
     }
@@ -667,8 +751,8 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
                 mapr_sum[i] = 0.0;
                 continue;
             }
-            euclid_rank(di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], bucket,
-                        cnt, start, keys, ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
+            euclid_rank(avx512, di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], cnt,
+                        start, keys, su, si, ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
         }
@@ -677,9 +761,10 @@ done:
     free(dist);
     free(qd);
     free(tiles);
-    free(bucket);
     free(cnt);
     free(start);
     free(keys);
+    free(su);
+    free(si);
     return status;
 }
