@@ -445,10 +445,25 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
     }
 }
 
-/* A relevant item's sort key: the bit pattern of its distance (distances are sums of
- * squares, >= +0.0, whose IEEE order is their unsigned integer order; any NaN pattern sorts
- * last, so the order is total), then its database index. f: its fine bucket. */
-typedef struct { uint64_t u; int32_t i, f; } tqn_rkey;
+/* The ranking of one query (euclid_rank) works on
+ *   keys:   the relevant items' keys -- the bit pattern u of the distance (distances are sums
+ *           of squares, >= +0.0, whose IEEE order is their unsigned integer order; a NaN
+ *           pattern sorts last, so the order is total), then the database index i -- with
+ *           their fine bucket f and bucket coordinate xf (below);
+ *   buckets: nb = TQN_EBPR * m uniform fine buckets over the relevant items' range [lo, hi]:
+ *           x = (d - lo) * scale clamped to [0, nb - 1/4], bucket floor(x); items beyond the
+ *           range (u > uhi) get bucket nb, items below it (u < ulo) bucket nb + 1. Monotone:
+ *           d <= d' gives x <= x', so a smaller x (or bucket) means a smaller key;
+ *   table:  per bucket b, s = #relevant items in buckets < b and xr = the (float) x of its
+ *           relevant item if it holds exactly one, +inf if none, NaN if several; +inf for
+ *           the buckets nb (s = m) and nb + 1 (s = 0).
+ * An item's slot = #relevant keys smaller than its key: for a non-relevant item in bucket b,
+ * s + (xf > xr) where xf = (float)x, exact since float rounding is monotone too (xf > xr
+ * implies x > x_r implies d > d_r; xf < xr the reverse), unless xf == xr or xr is NaN: then
+ * its key is compared with the bucket's relevant keys. A relevant item's slot is its place p
+ * in key order, so its rank is p + 1 + #non-relevant items with slot <= p. */
+typedef struct { uint64_t u; int32_t i, f; float xf; int32_t pad; } tqn_rkey;
+typedef struct { int32_t s; float xr; } tqn_ent;
 
 static int rkey_cmp(const void *a, const void *b) {
     const tqn_rkey *x = (const tqn_rkey *)a, *y = (const tqn_rkey *)b;
@@ -456,119 +471,117 @@ static int rkey_cmp(const void *a, const void *b) {
     return x->i < y->i ? -1 : (x->i > y->i);
 }
 
-/* Fine buckets per relevant item, a power of two (the relevant items are sorted on coarse
- * buckets of TQN_EBPR fine ones: one coarse bucket per relevant item). */
-#define TQN_EBPR_LOG 3
-#define TQN_EBPR (1 << TQN_EBPR_LOG)
+/* Fine buckets per relevant item. */
+#define TQN_EBPR 8
 /* Items per chunk of the slot pass. */
 #define TQN_ECHUNK 512
 
-/* An item's fine bucket: nb uniform buckets b = floor((d - lo) * scale) over the relevant
- * items' range [lo, hi] (clamped to 0 .. nb - 1; a NaN product lands in nb - 1), and nb for
- * an item beyond the relevant ones (bit pattern above uhi). Monotone in the bit pattern (the
- * order of the keys): a smaller bucket means a smaller distance. */
-static inline int32_t euclid_bucket1(double d, uint64_t u, double lo, double scale, int32_t nb,
-                                     uint64_t uhi) {
-    const double top = (double)(nb - 1);
-    double x = (d - lo) * scale;
-    x = x < top ? x : top;
-    x = x > 0.0 ? x : 0.0;
-    return u > uhi ? nb : (int32_t)x;
+typedef struct {
+    double lo, scale, top;
+    uint64_t ulo, uhi;
+    int32_t nb;
+} tqn_ebk;
+
+static inline double euclid_x(const tqn_ebk *k, double d) {
+    double x = (d - k->lo) * k->scale;
+    x = x < k->top ? x : k->top;  /* a NaN product gives top */
+    return x > 0.0 ? x : 0.0;
 }
 
-/* The slot of items j0 .. j0 + len - 1 (len <= TQN_ECHUNK) among the m sorted relevant
- * keys (su, si: bit patterns and indices, sentinel at m), into slot[]: s = #relevant keys
- * smaller than the item's key, found as start[b] (#relevant items in fine buckets < b) plus
- * one comparison when bucket b holds one relevant item; -1 when it holds several (the caller
- * searches). Branch-free, vectorized (gathers). */
+/* The slots of items j0 .. j0 + len - 1 into slot[] (see above): m (never summed) for
+ * relevant items, -1 where an exact comparison is needed (the caller's). */
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("avx2", "default")))
 #endif
-static void euclid_slots(const double *restrict di, int32_t j0, int32_t len, double lo,
-                         double scale, int32_t nb, uint64_t uhi, const int32_t *restrict start,
-                         const uint64_t *restrict su, const int32_t *restrict si,
-                         int32_t *restrict slot) {
-    const double top = (double)(nb - 1);
+static void euclid_slots(const double *restrict di, const uint8_t *restrict is_rel,
+                         int32_t len, const tqn_ebk *bk, const tqn_ent *restrict table,
+                         int32_t m, int32_t *restrict slot) {
+    const tqn_ebk k = *bk;
     for (int32_t t = 0; t < len; t++) {
-        const int32_t j = j0 + t;
         const double d = di[t];
         uint64_t u;
         memcpy(&u, &d, sizeof u);
-        double x = (d - lo) * scale;
-        x = x < top ? x : top;
-        x = x > 0.0 ? x : 0.0;
-        const int32_t b = u > uhi ? nb : (int32_t)x;
-        const int32_t s = start[b], k = start[b + 1] - s;
-        const uint64_t us = su[s];
-        const int32_t is = si[s];
-        const int32_t lt = (us < u) | ((us == u) & (is < j));
-        slot[t] = k >= 2 ? -1 : s + (k & lt);
+        const double x = euclid_x(&k, d);
+        const int32_t b = u > k.uhi ? k.nb : u < k.ulo ? k.nb + 1 : (int32_t)x;
+        const tqn_ent e = table[b];
+        const float xf = (float)x;
+        int32_t s = e.s + (xf > e.xr);
+        s = xf == e.xr || e.xr != e.xr ? -1 : s;
+        slot[t] = is_rel[t] ? m : s;
     }
 }
 
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define TQN_EAVX512 1
-/* euclid_slots with AVX-512 gathers (GCC's default tuning emulates them with scalar loads;
-   the gathers run ~3x faster here). The same integer logic lane by lane: the same slots. */
-__attribute__((target("avx512f,avx512vl,avx512dq")))
-static void euclid_slots_avx512(const double *restrict di, int32_t j0, int32_t len, double lo,
-                                double scale, int32_t nb, uint64_t uhi,
-                                const int32_t *restrict start, const uint64_t *restrict su,
-                                const int32_t *restrict si, int32_t *restrict slot) {
-    const __m512d vlo = _mm512_set1_pd(lo), vscale = _mm512_set1_pd(scale);
-    const __m512d vtop = _mm512_set1_pd((double)(nb - 1)), vzero = _mm512_setzero_pd();
-    const __m512i vuhi = _mm512_set1_epi64((long long)uhi), one = _mm512_set1_epi64(1);
-    const __m512i low32 = _mm512_set1_epi64(0xffffffffLL), none = _mm512_set1_epi64(-1);
-    const __m256i vnb = _mm256_set1_epi32(nb);
-    __m512i jv = _mm512_add_epi64(_mm512_set1_epi64(j0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    const __m512i eight = _mm512_set1_epi64(8);
+/* euclid_slots with AVX-512 gathers (GCC's default tuning emulates gathers with scalar
+   loads): the same operations lane by lane, so the same slots. */
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+static void euclid_slots_avx512(const double *restrict di, const uint8_t *restrict is_rel,
+                                int32_t len, const tqn_ebk *bk,
+                                const tqn_ent *restrict table, int32_t m,
+                                int32_t *restrict slot) {
+    const __m512d vlo = _mm512_set1_pd(bk->lo), vscale = _mm512_set1_pd(bk->scale);
+    const __m512d vtop = _mm512_set1_pd(bk->top), vzero = _mm512_setzero_pd();
+    const __m512i vuhi = _mm512_set1_epi64((long long)bk->uhi);
+    const __m512i vulo = _mm512_set1_epi64((long long)bk->ulo);
+    const __m256i vnb = _mm256_set1_epi32(bk->nb), vnb1 = _mm256_set1_epi32(bk->nb + 1);
+    const __m256i one = _mm256_set1_epi32(1), none = _mm256_set1_epi32(-1);
+    const __m256i vm = _mm256_set1_epi32(m);
     int32_t t = 0;
-    for (; t + 8 <= len; t += 8, jv = _mm512_add_epi64(jv, eight)) {
+    for (; t + 8 <= len; t += 8) {
         const __m512d d = _mm512_loadu_pd(di + t);
         const __m512i u = _mm512_castpd_si512(d);
         __m512d x = _mm512_mul_pd(_mm512_sub_pd(d, vlo), vscale);
         x = _mm512_min_pd(x, vtop);  /* x < top ? x : top (a NaN x gives top) */
         x = _mm512_max_pd(x, vzero); /* x > 0 ? x : 0 */
         __m256i b = _mm512_cvttpd_epi32(x);
+        b = _mm256_mask_blend_epi32(_mm512_cmplt_epu64_mask(u, vulo), b, vnb1);
         b = _mm256_mask_blend_epi32(_mm512_cmpgt_epu64_mask(u, vuhi), b, vnb);
-        const __m512i pair = _mm512_i32gather_epi64(b, (const void *)start, 4);
-        __m512i s = _mm512_and_si512(pair, low32);
-        const __m512i k = _mm512_sub_epi64(_mm512_srli_epi64(pair, 32), s);
-        const __mmask8 m1 = _mm512_cmpeq_epi64_mask(k, one);
-        const __mmask8 m2 = _mm512_cmpgt_epi64_mask(k, one);
-        const __m512i us = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m1, s,
-                                                       (const void *)su, 8);
-        const __m512i is = _mm512_cvtepi32_epi64(
-            _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), m1, s, (const void *)si, 4));
-        const __mmask8 lt = _mm512_cmplt_epu64_mask(us, u) |
-                            (_mm512_cmpeq_epi64_mask(us, u) & _mm512_cmplt_epi64_mask(is, jv));
-        s = _mm512_mask_add_epi64(s, m1 & lt, s, one);
-        s = _mm512_mask_mov_epi64(s, m2, none);
-        _mm256_storeu_si256((__m256i *)(slot + t), _mm512_cvtepi64_epi32(s));
+        const __m512i e = _mm512_i32gather_epi64(b, (const void *)table, 8);
+        const __m256i s = _mm512_cvtepi64_epi32(e);
+        const __m256 xr = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(e, 32)));
+        const __m256 xf = _mm512_cvtpd_ps(x);
+        const __mmask8 gt = _mm256_cmp_ps_mask(xf, xr, _CMP_GT_OQ);
+        const __mmask8 ex = _mm256_cmp_ps_mask(xf, xr, _CMP_EQ_UQ);  /* equal or NaN */
+        __m256i r = _mm256_mask_add_epi32(s, gt, s, one);
+        r = _mm256_mask_mov_epi32(r, ex, none);
+        const __m128i rel8 = _mm_loadl_epi64((const __m128i *)(is_rel + t));
+        r = _mm256_mask_mov_epi32(r, _mm_cmpneq_epi8_mask(rel8, _mm_setzero_si128()), vm);
+        _mm256_storeu_si256((__m256i *)(slot + t), r);
     }
-    if (t < len) euclid_slots(di + t, j0 + t, len - t, lo, scale, nb, uhi, start, su, si, slot + t);
+    if (t < len) euclid_slots(di + t, is_rel + t, len - t, bk, table, m, slot + t);
 }
 
 static int has_avx512(void) {
     __builtin_cpu_init();
     return !force_generic && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw");
 }
 #endif
 
-/* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
- * di [ndb] distances, self the query's own row or -1, m = n_rel >= 1 relevant items: rel
- * [nrel_all] their rows in any order (self possibly among them, skipped). Scratch:
- * cnt [ndb + 1], start [TQN_EBPR * ndb + 4] int32, keys [2 ndb + 2], su [ndb + 1],
- * si [ndb + 1]. */
+/* Scratch of euclid_rank, for a database of ndb items (tqn_euclid allocates it once). */
+typedef struct {
+    tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted */
+    uint64_t *su;     /* [ndb + 1] sorted keys' bit patterns */
+    int32_t *si;      /* [ndb + 1] sorted keys' indices */
+    int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per bucket, then cursors */
+    tqn_ent *table;   /* [TQN_EBPR ndb + 2] */
+    int32_t *cnt;     /* [ndb + 1] non-relevant items per slot */
+    uint8_t *is_rel;  /* [ndb + 8], all 0 between queries */
+} tqn_escratch;
+
+/* The ranks of one query's relevant items (see above and tqn_euclid), in rank order, into the
+ * sums. di [ndb] distances, self the query's own row or -1, m = n_rel >= 1 relevant items:
+ * rel [nrel_all] their rows in any order (self possibly among them, skipped). */
 static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int64_t self,
-                        int64_t n_rel,
-                        const int64_t *restrict rel, int64_t nrel_all, int32_t *restrict cnt,
-                        int32_t *restrict start, tqn_rkey *restrict keys,
-                        uint64_t *restrict su, int32_t *restrict si,
-                        const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
-                        double *ap, double *ap_c, double *mr, double *mr_c) {
-    const int64_t m = n_rel;
+                        int64_t n_rel, const int64_t *restrict rel, int64_t nrel_all,
+                        const tqn_escratch *sc, const int64_t *restrict ks, int64_t nk,
+                        int64_t *restrict hk, double *ap, double *ap_c, double *mr,
+                        double *mr_c) {
+    const int32_t m = (int32_t)n_rel;
+    tqn_rkey *restrict keys = sc->keys;
+    uint8_t *restrict is_rel = sc->is_rel;
     /* the relevant items' keys (unsorted) and their range */
     uint64_t ulo = UINT64_MAX, uhi = 0;
     for (int64_t r = 0, k = 0; r < nrel_all; r++) {
@@ -578,100 +591,116 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
         memcpy(&u, di + j, sizeof u);
         keys[k].u = u;
         keys[k].i = (int32_t)j;
+        is_rel[j] = 1;
         k++;
         ulo = u < ulo ? u : ulo;
         uhi = u > uhi ? u : uhi;
     }
-    double lo, hi;
-    memcpy(&lo, &ulo, sizeof lo);
+    tqn_ebk bk;
+    double hi;
+    memcpy(&bk.lo, &ulo, sizeof bk.lo);
     memcpy(&hi, &uhi, sizeof hi);
-    const int32_t nc = (int32_t)m, nb = (int32_t)(TQN_EBPR * m);
-    double scale = (double)nb / (hi - lo);
-    if (!(scale <= 1.7976931348623157e308)) scale = 0.0;  /* hi = lo, inf or NaN: one bucket */
-    /* counting sort of the relevant keys on coarse buckets (f >> TQN_EBPR_LOG, nc of them),
-       each finished on (bits, index); cstart (in cnt[]) = starts of the coarse buckets */
-    int32_t *cstart = cnt;
-    memset(cstart, 0, sizeof(int32_t) * (size_t)(nc + 2));
-    for (int64_t k = 0; k < m; k++) {
+    bk.ulo = ulo;
+    bk.uhi = uhi;
+    bk.nb = TQN_EBPR * m;
+    bk.scale = ((double)bk.nb - 0.5) / (hi - bk.lo);
+    if (!(bk.scale <= 1.7976931348623157e308)) bk.scale = 0.0;  /* hi = lo, inf, NaN */
+    bk.top = (double)bk.nb - 0.25;
+    const int32_t nb = bk.nb;
+    /* fine buckets of the relevant items, counting sort on them */
+    int32_t *restrict hist = sc->hist;
+    memset(hist, 0, sizeof(int32_t) * (size_t)nb);
+    for (int32_t k = 0; k < m; k++) {
         double d;
         memcpy(&d, &keys[k].u, sizeof d);
-        keys[k].f = euclid_bucket1(d, keys[k].u, lo, scale, nb, uhi);  /* < nb: u <= uhi */
-        cstart[(keys[k].f >> TQN_EBPR_LOG) + 1]++;
+        const double x = euclid_x(&bk, d);
+        keys[k].f = (int32_t)x;  /* < nb: ulo <= u <= uhi */
+        keys[k].xf = (float)x;
+        hist[keys[k].f]++;
     }
-    for (int32_t c = 0; c < nc; c++) cstart[c + 1] += cstart[c];
-    tqn_rkey *sorted = keys + m + 1;  /* [m]; keys has room for 2 ndb + 2 */
-    for (int64_t k = 0; k < m; k++) sorted[cstart[keys[k].f >> TQN_EBPR_LOG]++] = keys[k];
-    /* cstart[c] is now the end of coarse bucket c */
-    for (int32_t c = 0, s = 0; c < nc; c++) {
-        const int32_t e = cstart[c];
-        if (e - s > 32) {
-            qsort(sorted + s, (size_t)(e - s), sizeof(tqn_rkey), rkey_cmp);
-        } else if (e - s > 1) {
-            for (int32_t x = s + 1; x < e; x++) {
-                const tqn_rkey t = sorted[x];
-                int32_t y = x - 1;
-                while (y >= s && (sorted[y].u > t.u || (sorted[y].u == t.u && sorted[y].i > t.i))) {
-                    sorted[y + 1] = sorted[y];
-                    y--;
-                }
-                sorted[y + 1] = t;
-            }
+    tqn_ent *restrict table = sc->table;
+    int32_t biggest = 0;
+    for (int32_t b = 0, s = 0; b < nb; b++) {
+        const int32_t c = hist[b];
+        biggest = c > biggest ? c : biggest;
+        hist[b] = s;
+        table[b].s = s;
+        table[b].xr = __builtin_inff();
+        s += c;
+    }
+    table[nb].s = m;  /* beyond the relevant items */
+    table[nb].xr = __builtin_inff();
+    table[nb + 1].s = 0;  /* below them */
+    table[nb + 1].xr = __builtin_inff();
+    tqn_rkey *restrict sorted = keys + m;
+    for (int32_t k = 0; k < m; k++) {
+        const int32_t f = keys[k].f;
+        sorted[hist[f]++] = keys[k];
+        table[f].xr = table[f].xr == __builtin_inff() ? keys[k].xf : __builtin_nanf("");
+    }
+    /* finish the buckets holding several relevant items on (bits, index) */
+    if (biggest > 32) {
+        for (int32_t b = 0; b < nb; b++) {
+            const int32_t s = table[b].s, e = b + 1 < nb ? table[b + 1].s : m;
+            if (e - s > 1) qsort(sorted + s, (size_t)(e - s), sizeof(tqn_rkey), rkey_cmp);
         }
-        s = e;
+    } else if (biggest > 1) {  /* insertion sort: only items of one bucket are inverted */
+        for (int32_t x = 1; x < m; x++) {
+            const tqn_rkey t = sorted[x];
+            int32_t y = x - 1;
+            while (y >= 0 && (sorted[y].u > t.u || (sorted[y].u == t.u && sorted[y].i > t.i))) {
+                sorted[y + 1] = sorted[y];
+                y--;
+            }
+            sorted[y + 1] = t;
+        }
     }
-    /* sorted keys as arrays (sentinel at m) and the fine table start[b] = #relevant items in
-       fine buckets < b, for b = 0 .. nb + 2 (start[nb..nb + 2] = m: nothing lies beyond) */
-    int32_t fb = 0;
-    for (int32_t p = 0; p < (int32_t)m; p++) {
+    uint64_t *restrict su = sc->su;
+    int32_t *restrict si = sc->si;
+    for (int32_t p = 0; p < m; p++) {
         su[p] = sorted[p].u;
         si[p] = sorted[p].i;
-        for (const int32_t f = sorted[p].f; fb <= f; fb++) start[fb] = p;
     }
-    for (; fb <= nb + 2; fb++) start[fb] = (int32_t)m;
-    su[m] = UINT64_MAX;
-    si[m] = INT32_MAX;
-    /* every item's slot: s = #relevant keys smaller than its key (a relevant item's slot is
-       its own place in sorted order); cnt[s] counts the items per slot, so the relevant item
-       at place p has rank = #items of smaller key + 1 = cnt[0] + ... + cnt[p] */
+    /* every non-relevant item's slot, counted per slot */
+    int32_t *restrict cnt = sc->cnt;
     memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
     int32_t slot[TQN_ECHUNK];
     for (int64_t j0 = 0; j0 < ndb; j0 += TQN_ECHUNK) {
         const int32_t len = (int32_t)(ndb - j0 < TQN_ECHUNK ? ndb - j0 : TQN_ECHUNK);
 #ifdef TQN_EAVX512
         if (avx512)
-            euclid_slots_avx512(di + j0, (int32_t)j0, len, lo, scale, nb, uhi, start, su, si,
-                                slot);
+            euclid_slots_avx512(di + j0, is_rel + j0, len, &bk, table, m, slot);
         else
 #endif
-            euclid_slots(di + j0, (int32_t)j0, len, lo, scale, nb, uhi, start, su, si, slot);
-        if (self >= j0 && self < j0 + len) slot[self - j0] = (int32_t)m;  /* not ranked */
+            euclid_slots(di + j0, is_rel + j0, len, &bk, table, m, slot);
+        if (self >= j0 && self < j0 + len) slot[self - j0] = m;  /* not ranked */
         for (int32_t t = 0; t < len; t++) {
             int32_t s = slot[t];
-            if (s < 0) {  /* several relevant items in its bucket: lower bound among them */
+            if (s < 0) {  /* several relevant items in its bucket, or a float tie */
                 const int32_t j = (int32_t)j0 + t;
-                const double d = di[j];
                 uint64_t u;
-                memcpy(&u, &d, sizeof u);
-                const int32_t b = euclid_bucket1(d, u, lo, scale, nb, uhi);
-                int32_t len2 = start[b + 1] - start[b];
-                s = start[b];
-                while (len2 > 0) {
-                    const int32_t half = len2 / 2;
-                    const int32_t x = s + half;
+                memcpy(&u, di + j, sizeof u);
+                const int32_t b = (int32_t)euclid_x(&bk, di[j]);  /* ulo <= u <= uhi */
+                const int32_t e = b + 1 < nb ? table[b + 1].s : m;
+                s = table[b].s;
+                for (int32_t n = e - s; n > 0;) {  /* lower bound of (u, j) in [s, e) */
+                    const int32_t half = n / 2, x = s + half;
                     if (su[x] < u || (su[x] == u && si[x] < j)) {
                         s = x + 1;
-                        len2 -= half + 1;
+                        n -= half + 1;
                     } else {
-                        len2 = half;
+                        n = half;
                     }
                 }
             }
             cnt[s]++;
         }
     }
-    int64_t rank = 0;
-    for (int64_t p = 0; p < m; p++) {
-        rank += cnt[p];
+    for (int64_t r = 0; r < nrel_all; r++) is_rel[rel[r]] = 0;
+    int64_t below = 0;
+    for (int32_t p = 0; p < m; p++) {
+        below += cnt[p];
+        const int64_t rank = below + p + 1;
         const double prec = (double)(p + 1) / (double)rank;
         kahan_add(ap, ap_c, prec);
         if (rank <= n_rel) kahan_add(mr, mr_c, prec);
@@ -705,18 +734,22 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
     double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
-    int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    int32_t *start = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 4));
-    tqn_rkey *keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 2));
-    uint64_t *su = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1));
-    int32_t *si = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    tqn_escratch sc;
+    sc.keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 1));
+    sc.su = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1));
+    sc.si = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    sc.hist = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
+    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
+    sc.cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    sc.is_rel = (uint8_t *)calloc((size_t)ndb + 8, 1);
     int status = 0;
 #ifdef TQN_EAVX512
     const int avx512 = has_avx512();
 #else
     const int avx512 = 0;
 #endif
-    if (!dist || !qd || !tiles || !cnt || !start || !keys || !su || !si) {
+    if (!dist || !qd || !tiles || !sc.keys || !sc.su || !sc.si || !sc.hist || !sc.table ||
+        !sc.cnt || !sc.is_rel) {
         status = -2;
         goto done;
     }
@@ -751,8 +784,8 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
                 mapr_sum[i] = 0.0;
                 continue;
             }
-            euclid_rank(avx512, di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], cnt,
-                        start, keys, su, si, ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
+            euclid_rank(avx512, di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], &sc,
+                        ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
         }
@@ -761,10 +794,12 @@ done:
     free(dist);
     free(qd);
     free(tiles);
-    free(cnt);
-    free(start);
-    free(keys);
-    free(su);
-    free(si);
+    free(sc.keys);
+    free(sc.su);
+    free(sc.si);
+    free(sc.hist);
+    free(sc.table);
+    free(sc.cnt);
+    free(sc.is_rel);
     return status;
 }
