@@ -560,6 +560,46 @@ static int has_avx512(void) {
 }
 #endif
 
+/* hist [nb] (relevant items per bucket) -> its exclusive prefix sums (bucket starts), also into
+ * table[b] = {start, +inf}; returns the largest count. Vectorized (in-register scans). */
+typedef int32_t tqn_v16i __attribute__((vector_size(64)));
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static int32_t euclid_starts(int32_t *restrict hist, int32_t nb, tqn_ent *restrict table) {
+    const tqn_v16i zero = {0}, inf = zero + 0x7f800000;  /* +inf's bit pattern */
+    tqn_v16i big = zero;
+    int32_t carry = 0, b = 0;
+    for (; b + 16 <= nb; b += 16) {
+        tqn_v16i v, x;
+        memcpy(&v, hist + b, sizeof v);
+        const tqn_v16i more = v > big;  /* -1 / 0 lanes */
+        big = (v & more) | (big & ~more);
+        x = v + __builtin_shuffle(v, zero, (tqn_v16i){16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 16, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 16, 16, 16, 16, 16, 16, 0, 1, 2, 3, 4, 5, 6, 7});
+        const tqn_v16i ex = x - v + carry;
+        carry += x[15];
+        memcpy(hist + b, &ex, sizeof ex);
+        const tqn_v16i lo = __builtin_shuffle(ex, inf, (tqn_v16i){0, 16, 1, 16, 2, 16, 3, 16, 4, 16, 5, 16, 6, 16, 7, 16});
+        const tqn_v16i hi = __builtin_shuffle(ex, inf, (tqn_v16i){8, 16, 9, 16, 10, 16, 11, 16, 12, 16, 13, 16, 14, 16, 15, 16});
+        memcpy(table + b, &lo, sizeof lo);
+        memcpy(table + b + 8, &hi, sizeof hi);
+    }
+    int32_t biggest = 0;
+    for (int t = 0; t < 16; t++) biggest = big[t] > biggest ? big[t] : biggest;
+    for (; b < nb; b++) {
+        const int32_t c = hist[b];
+        biggest = c > biggest ? c : biggest;
+        hist[b] = carry;
+        table[b].s = carry;
+        table[b].xr = __builtin_inff();
+        carry += c;
+    }
+    return biggest;
+}
+
 /* Scratch of euclid_rank, for a database of ndb items (tqn_euclid allocates it once). */
 typedef struct {
     tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted */
@@ -619,15 +659,7 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
         hist[keys[k].f]++;
     }
     tqn_ent *restrict table = sc->table;
-    int32_t biggest = 0;
-    for (int32_t b = 0, s = 0; b < nb; b++) {
-        const int32_t c = hist[b];
-        biggest = c > biggest ? c : biggest;
-        hist[b] = s;
-        table[b].s = s;
-        table[b].xr = __builtin_inff();
-        s += c;
-    }
+    const int32_t biggest = euclid_starts(hist, nb, table);
     table[nb].s = m;  /* beyond the relevant items */
     table[nb].xr = __builtin_inff();
     table[nb + 1].s = 0;  /* below them */
