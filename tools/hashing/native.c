@@ -473,6 +473,8 @@ static int rkey_cmp(const void *a, const void *b) {
 
 /* Fine buckets per relevant item. */
 #define TQN_EBPR 8
+/* Coarse buckets (the relevant items' counting sort) of 1 << TQN_ECSHIFT fine ones. */
+#define TQN_ECSHIFT 2
 /* Items per chunk of the slot pass. */
 #define TQN_ECHUNK 512
 
@@ -560,19 +562,19 @@ static int has_avx512(void) {
 }
 #endif
 
-/* hist [nb] (relevant items per bucket) -> its exclusive prefix sums (bucket starts), also into
- * table[b] = {start, +inf}; returns the largest count. Vectorized (in-register scans). */
+/* a [n] (counts) -> its exclusive prefix sums; returns the largest count. Vectorized
+ * (in-register scans). */
 typedef int32_t tqn_v16i __attribute__((vector_size(64)));
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static int32_t euclid_starts(int32_t *restrict hist, int32_t nb, tqn_ent *restrict table) {
-    const tqn_v16i zero = {0}, inf = zero + 0x7f800000;  /* +inf's bit pattern */
+static int32_t euclid_prefix(int32_t *restrict a, int32_t n) {
+    const tqn_v16i zero = {0};
     tqn_v16i big = zero;
     int32_t carry = 0, b = 0;
-    for (; b + 16 <= nb; b += 16) {
+    for (; b + 16 <= n; b += 16) {
         tqn_v16i v, x;
-        memcpy(&v, hist + b, sizeof v);
+        memcpy(&v, a + b, sizeof v);
         const tqn_v16i more = v > big;  /* -1 / 0 lanes */
         big = (v & more) | (big & ~more);
         x = v + __builtin_shuffle(v, zero, (tqn_v16i){16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
@@ -581,20 +583,14 @@ static int32_t euclid_starts(int32_t *restrict hist, int32_t nb, tqn_ent *restri
         x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 16, 16, 16, 16, 16, 16, 0, 1, 2, 3, 4, 5, 6, 7});
         const tqn_v16i ex = x - v + carry;
         carry += x[15];
-        memcpy(hist + b, &ex, sizeof ex);
-        const tqn_v16i lo = __builtin_shuffle(ex, inf, (tqn_v16i){0, 16, 1, 16, 2, 16, 3, 16, 4, 16, 5, 16, 6, 16, 7, 16});
-        const tqn_v16i hi = __builtin_shuffle(ex, inf, (tqn_v16i){8, 16, 9, 16, 10, 16, 11, 16, 12, 16, 13, 16, 14, 16, 15, 16});
-        memcpy(table + b, &lo, sizeof lo);
-        memcpy(table + b + 8, &hi, sizeof hi);
+        memcpy(a + b, &ex, sizeof ex);
     }
     int32_t biggest = 0;
     for (int t = 0; t < 16; t++) biggest = big[t] > biggest ? big[t] : biggest;
-    for (; b < nb; b++) {
-        const int32_t c = hist[b];
+    for (; b < n; b++) {
+        const int32_t c = a[b];
         biggest = c > biggest ? c : biggest;
-        hist[b] = carry;
-        table[b].s = carry;
-        table[b].xr = __builtin_inff();
+        a[b] = carry;
         carry += c;
     }
     return biggest;
@@ -605,16 +601,18 @@ typedef struct {
     tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted */
     uint64_t *su;     /* [ndb + 1] sorted keys' bit patterns */
     int32_t *si;      /* [ndb + 1] sorted keys' indices */
-    int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per bucket, then cursors */
-    tqn_ent *table;   /* [TQN_EBPR ndb + 2] */
+    int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per coarse bucket, then cursors */
+    tqn_ent *table;   /* [TQN_EBPR ndb + 10] */
     int32_t *cnt;     /* [ndb + 1] non-relevant items per slot */
     uint8_t *is_rel;  /* [ndb + 8], all 0 between queries */
 } tqn_escratch;
 
 /* The ranks of one query's relevant items (see above and tqn_euclid), in rank order, into the
- * sums. di [ndb] distances, self the query's own row or -1, m = n_rel >= 1 relevant items:
+ * sums. di [ndb] distances (next: the next query's, prefetched, or NULL), self the query's
+ * own row or -1, m = n_rel >= 1 relevant items:
  * rel [nrel_all] their rows in any order (self possibly among them, skipped). */
-static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int64_t self,
+static void euclid_rank(int avx512, const double *restrict di, const double *next,
+                        int64_t ndb, int64_t self,
                         int64_t n_rel, const int64_t *restrict rel, int64_t nrel_all,
                         const tqn_escratch *sc, const int64_t *restrict ks, int64_t nk,
                         int64_t *restrict hk, double *ap, double *ap_c, double *mr,
@@ -647,35 +645,25 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
     if (!(bk.scale <= 1.7976931348623157e308)) bk.scale = 0.0;  /* hi = lo, inf, NaN */
     bk.top = (double)bk.nb - 0.25;
     const int32_t nb = bk.nb;
-    /* fine buckets of the relevant items, counting sort on them */
+    /* the relevant items' buckets; counting sort on coarse buckets c = f >> TQN_ECSHIFT */
+    const int32_t nc = (nb >> TQN_ECSHIFT) + 1;
     int32_t *restrict hist = sc->hist;
-    memset(hist, 0, sizeof(int32_t) * (size_t)nb);
+    memset(hist, 0, sizeof(int32_t) * (size_t)(nc + 1));
     for (int32_t k = 0; k < m; k++) {
         double d;
         memcpy(&d, &keys[k].u, sizeof d);
         const double x = euclid_x(&bk, d);
         keys[k].f = (int32_t)x;  /* < nb: ulo <= u <= uhi */
         keys[k].xf = (float)x;
-        hist[keys[k].f]++;
+        hist[keys[k].f >> TQN_ECSHIFT]++;
     }
-    tqn_ent *restrict table = sc->table;
-    const int32_t biggest = euclid_starts(hist, nb, table);
-    table[nb].s = m;  /* beyond the relevant items */
-    table[nb].xr = __builtin_inff();
-    table[nb + 1].s = 0;  /* below them */
-    table[nb + 1].xr = __builtin_inff();
+    const int32_t biggest = euclid_prefix(hist, nc);  /* -> coarse bucket starts */
     tqn_rkey *restrict sorted = keys + m;
-    for (int32_t k = 0; k < m; k++) {
-        const int32_t f = keys[k].f;
-        sorted[hist[f]++] = keys[k];
-        table[f].xr = table[f].xr == __builtin_inff() ? keys[k].xf : __builtin_nanf("");
-    }
-    /* finish the buckets holding several relevant items on (bits, index) */
+    for (int32_t k = 0; k < m; k++) sorted[hist[keys[k].f >> TQN_ECSHIFT]++] = keys[k];
+    /* finish on (bits, index): hist[c] is now the end of coarse bucket c */
     if (biggest > 32) {
-        for (int32_t b = 0; b < nb; b++) {
-            const int32_t s = table[b].s, e = b + 1 < nb ? table[b + 1].s : m;
-            if (e - s > 1) qsort(sorted + s, (size_t)(e - s), sizeof(tqn_rkey), rkey_cmp);
-        }
+        for (int32_t c = 0, s = 0; c < nc; s = hist[c], c++)
+            if (hist[c] - s > 1) qsort(sorted + s, (size_t)(hist[c] - s), sizeof(tqn_rkey), rkey_cmp);
     } else if (biggest > 1) {  /* insertion sort: only items of one bucket are inverted */
         for (int32_t x = 1; x < m; x++) {
             const tqn_rkey t = sorted[x];
@@ -687,12 +675,32 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
             sorted[y + 1] = t;
         }
     }
+    /* the sorted keys as arrays, and the table from them: each relevant item p writes
+       {p, +inf} to the buckets after the previous one's up to its own (8 at a time, harmless
+       beyond: a later item or the end rewrites them; the table has room for them), then its
+       own bucket's xr */
     uint64_t *restrict su = sc->su;
     int32_t *restrict si = sc->si;
+    tqn_ent *restrict table = sc->table;
+    const tqn_v16i zero = {0}, even = {-1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0};
+    const tqn_v16i pattern = (zero + 0x7f800000) & ~even;  /* {0, +inf bits} x 8 */
+    int32_t prev = -1;
     for (int32_t p = 0; p < m; p++) {
+        const int32_t f = sorted[p].f;
         su[p] = sorted[p].u;
         si[p] = sorted[p].i;
+        const tqn_v16i run = pattern + ((zero + p) & even);  /* 8 x {p, +inf}, in registers */
+        memcpy(table + prev + 1, &run, sizeof run);
+        for (int32_t b = prev + 9; b <= f; b += 8) memcpy(table + b, &run, sizeof run);
+        table[f].xr = f == prev ? __builtin_nanf("") : sorted[p].xf;
+        prev = f;
     }
+    const tqn_v16i end = pattern + ((zero + m) & even);
+    for (int32_t b = prev + 1; b < nb; b += 8) memcpy(table + b, &end, sizeof end);
+    table[nb].s = m;  /* beyond the relevant items */
+    table[nb].xr = __builtin_inff();
+    table[nb + 1].s = 0;  /* below them */
+    table[nb + 1].xr = __builtin_inff();
     /* every non-relevant item's slot, counted per slot */
     int32_t *restrict cnt = sc->cnt;
     memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
@@ -705,6 +713,8 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
         else
 #endif
             euclid_slots(di + j0, is_rel + j0, len, &bk, table, m, slot);
+        if (next)  /* the next query's distances, from memory meanwhile */
+            for (int32_t t = 0; t < len; t += 8) __builtin_prefetch(next + j0 + t);
         if (self >= j0 && self < j0 + len) slot[self - j0] = m;  /* not ranked */
         for (int32_t t = 0; t < len; t++) {
             int32_t s = slot[t];
@@ -713,7 +723,7 @@ static void euclid_rank(int avx512, const double *restrict di, int64_t ndb, int6
                 uint64_t u;
                 memcpy(&u, di + j, sizeof u);
                 const int32_t b = (int32_t)euclid_x(&bk, di[j]);  /* ulo <= u <= uhi */
-                const int32_t e = b + 1 < nb ? table[b + 1].s : m;
+                const int32_t e = table[b + 1].s;  /* table[nb].s = m */
                 s = table[b].s;
                 for (int32_t n = e - s; n > 0;) {  /* lower bound of (u, j) in [s, e) */
                     const int32_t half = n / 2, x = s + half;
@@ -771,7 +781,7 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
     sc.su = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1));
     sc.si = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
     sc.hist = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
-    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
+    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)ndb + 10));
     sc.cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
     sc.is_rel = (uint8_t *)calloc((size_t)ndb + 8, 1);
     int status = 0;
@@ -816,7 +826,7 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
                 mapr_sum[i] = 0.0;
                 continue;
             }
-            euclid_rank(avx512, di, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], &sc,
+            euclid_rank(avx512, di, a + 1 < nqb ? di + ndb : NULL, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], &sc,
                         ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
