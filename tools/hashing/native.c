@@ -474,7 +474,7 @@ static int rkey_cmp(const void *a, const void *b) {
 /* Fine buckets per relevant item. */
 #define TQN_EBPR 8
 /* Coarse buckets (the relevant items' counting sort) of 1 << TQN_ECSHIFT fine ones. */
-#define TQN_ECSHIFT 2
+#define TQN_ECSHIFT 1
 /* Items per chunk of the slot pass. */
 #define TQN_ECHUNK 512
 
