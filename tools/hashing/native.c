@@ -760,17 +760,19 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
  *
  * Every statistic follows from the ranks of the relevant items alone (rank = 1 + #items of
  * smaller (distance, index)), taken in rank order. Per query: the distances (euclid_block);
- * each item's bucket b = floor((d - min) * scale) among nb = n buckets (monotone: it never
- * decreases with d, and equal distances share a bucket); a histogram of all items and one of
- * the relevant items. Only the buckets holding a relevant item need their order: their items
- * (in index order, so stably) are gathered into a compact array ordered by bucket, each such
- * bucket finished by insertion sort (qsort beyond 32 items) on (distance, index); an item at
- * place p of bucket b has rank (#items in buckets < b) + p + 1. O(ndb) expected time, no full
- * sort. Returns 0, or -2 if out of memory. */
+ * then euclid_rank (see the comment above tqn_rkey): the m relevant keys sorted (counting
+ * sort on buckets of their own distance range, then insertion sort / qsort within buckets),
+ * a table of TQN_EBPR * m buckets giving every item its slot among the sorted relevant keys
+ * with one gather and one float comparison (exact comparisons for the few items sharing a
+ * bucket with several relevant items or tying in float), the slots counted, and the rank of
+ * the relevant item at place p = p + 1 + #non-relevant items with slot <= p. O(ndb + m log m)
+ * worst case (binary searches), O(ndb) expected; no sort of the database. Returns 0, -2 if
+ * out of memory, -3 if ndb is too large for the 32-bit bucket indices (>= 2^31 / 8). */
 int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_t dim,
                const int64_t *rel_idx, const int64_t *rel_lo, const int64_t *rel_hi,
                int64_t self_start, double *ap_sum, double *mapr_sum, const int64_t *ks,
                int64_t nk, int64_t *hits_k) {
+    if (ndb > (INT32_MAX - 16) / TQN_EBPR) return -3;
     const int64_t ntiles = (ndb + TQN_ETW - 1) / TQN_ETW;
     const size_t tile_elems = (size_t)ntiles * (size_t)(dim > 0 ? dim : 1) * TQN_ETW;
     double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
