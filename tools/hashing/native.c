@@ -449,7 +449,7 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
  *   keys:   the relevant items' keys -- the bit pattern u of the distance (distances are sums
  *           of squares, >= +0.0, whose IEEE order is their unsigned integer order; a NaN
  *           pattern sorts last, so the order is total), then the database index i -- with
- *           their fine bucket f and bucket coordinate xf (below);
+ *           their fine bucket f (below);
  *   buckets: nb = TQN_EBPR * m uniform fine buckets over the relevant items' range [lo, hi]:
  *           x = (d - lo) * scale clamped to [0, nb - 1/4], bucket floor(x); items beyond the
  *           range (u > uhi) get bucket nb, items below it (u < ulo) bucket nb + 1. Monotone:
@@ -462,7 +462,7 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
  * implies x > x_r implies d > d_r; xf < xr the reverse), unless xf == xr or xr is NaN: then
  * its key is compared with the bucket's relevant keys. A relevant item's slot is its place p
  * in key order, so its rank is p + 1 + #non-relevant items with slot <= p. */
-typedef struct { uint64_t u; int32_t i, f; float xf; int32_t pad; } tqn_rkey;
+typedef struct { uint64_t u; int32_t i, f; } tqn_rkey;
 typedef struct { int32_t s; float xr; } tqn_ent;
 
 static int rkey_cmp(const void *a, const void *b) {
@@ -598,7 +598,7 @@ static int32_t euclid_prefix(int32_t *restrict a, int32_t n) {
 
 /* Scratch of euclid_rank, for a database of ndb items (tqn_euclid allocates it once). */
 typedef struct {
-    tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted */
+    tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted (16 bytes each) */
     uint64_t *su;     /* [ndb + 1] sorted keys' bit patterns */
     int32_t *si;      /* [ndb + 1] sorted keys' indices */
     int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per coarse bucket, then cursors */
@@ -654,7 +654,6 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
         memcpy(&d, &keys[k].u, sizeof d);
         const double x = euclid_x(&bk, d);
         keys[k].f = (int32_t)x;  /* < nb: ulo <= u <= uhi */
-        keys[k].xf = (float)x;
         hist[keys[k].f >> TQN_ECSHIFT]++;
     }
     const int32_t biggest = euclid_prefix(hist, nc);  /* -> coarse bucket starts */
@@ -692,7 +691,9 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
         const tqn_v16i run = pattern + ((zero + p) & even);  /* 8 x {p, +inf}, in registers */
         memcpy(table + prev + 1, &run, sizeof run);
         for (int32_t b = prev + 9; b <= f; b += 8) memcpy(table + b, &run, sizeof run);
-        table[f].xr = f == prev ? __builtin_nanf("") : sorted[p].xf;
+        double d;
+        memcpy(&d, &sorted[p].u, sizeof d);
+        table[f].xr = f == prev ? __builtin_nanf("") : (float)euclid_x(&bk, d);
         prev = f;
     }
     const tqn_v16i end = pattern + ((zero + m) & even);
