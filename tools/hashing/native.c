@@ -565,6 +565,7 @@ static int has_avx512(void) {
 /* a [n] (counts) -> its exclusive prefix sums; returns the largest count. Vectorized
  * (in-register scans). */
 typedef int32_t tqn_v16i __attribute__((vector_size(64)));
+typedef int32_t tqn_v4i __attribute__((vector_size(16)));
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
@@ -681,23 +682,23 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
     uint64_t *restrict su = sc->su;
     int32_t *restrict si = sc->si;
     tqn_ent *restrict table = sc->table;
-    const tqn_v16i zero = {0}, even = {-1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0};
-    const tqn_v16i pattern = (zero + 0x7f800000) & ~even;  /* {0, +inf bits} x 8 */
+    const tqn_v4i zero = {0}, even = {-1, 0, -1, 0};
+    const tqn_v4i pattern = (zero + 0x7f800000) & ~even;  /* {0, +inf bits} x 2 */
     int32_t prev = -1;
     for (int32_t p = 0; p < m; p++) {
         const int32_t f = sorted[p].f;
         su[p] = sorted[p].u;
         si[p] = sorted[p].i;
-        const tqn_v16i run = pattern + ((zero + p) & even);  /* 8 x {p, +inf}, in registers */
-        memcpy(table + prev + 1, &run, sizeof run);
-        for (int32_t b = prev + 9; b <= f; b += 8) memcpy(table + b, &run, sizeof run);
+        const tqn_v4i run = pattern + ((zero + p) & even);  /* 2 x {p, +inf}, in a register */
+        for (int32_t c = 0; c < 8; c += 2) memcpy(table + prev + 1 + c, &run, sizeof run);
+        for (int32_t b = prev + 9; b <= f; b += 2) memcpy(table + b, &run, sizeof run);
         double d;
         memcpy(&d, &sorted[p].u, sizeof d);
         table[f].xr = f == prev ? __builtin_nanf("") : (float)euclid_x(&bk, d);
         prev = f;
     }
-    const tqn_v16i end = pattern + ((zero + m) & even);
-    for (int32_t b = prev + 1; b < nb; b += 8) memcpy(table + b, &end, sizeof end);
+    const tqn_v4i end = pattern + ((zero + m) & even);
+    for (int32_t b = prev + 1; b < nb; b += 2) memcpy(table + b, &end, sizeof end);
     table[nb].s = m;  /* beyond the relevant items */
     table[nb].xr = __builtin_inff();
     table[nb + 1].s = 0;  /* below them */
