@@ -9,7 +9,9 @@
  * Codes are uint64 words [n, nwords] (tools.codes.to_words). The popcount loops are compiled
  * twice on x86 -- once with the POPCNT instruction, once generic -- and the variant is picked
  * at run time, so a library built on one x86 machine never executes an instruction another
- * lacks.
+ * lacks. Likewise the slot pass of the Euclidean ranking (euclid_slots_avx512: AVX-512
+ * intrinsics under a target attribute, used when the CPU has AVX-512 F/VL/DQ/BW; else the
+ * portable loop, which gives the same slots).
  */
 #include <stdint.h>
 #include <stdlib.h>
