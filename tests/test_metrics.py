@@ -618,3 +618,92 @@ def test_euclidean_native_edge_cases_match_brute_force(ndb, nq, dim, exclude_sel
         plain = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
     for key in out:
         np.testing.assert_allclose(out[key], plain[key], rtol=0, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("kernel", ["best", "generic"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("case", ["one_relevant", "zero_distances", "big_tied_bucket",
+                                  "far_outlier", "tiny", "many_ties"])
+def test_euclidean_native_ranking_paths_match_brute_force(kernel, exclude_self, case):
+    """tqn_euclid's ranking (sorted relevant keys, a bucket table of the relevant items'
+    range, one float comparison per item, exact comparisons where a bucket holds several
+    relevant items or the float coordinates tie), with the AVX-512 slot pass ("best" where
+    the CPU has it) and the portable one ("generic"): one relevant item per query; many
+    distances of +0.0 (copies of the queries); one bucket holding far more than 32 relevant
+    and non-relevant items (the qsort and binary-search paths); a far outlier squeezing every
+    other relevant item into a few buckets; databases of 1..3 items with k beyond them; many
+    exact ties across labels. Against integer brute force and the numpy twin."""
+    from contextlib import nullcontext
+    from tools.hashing import native
+    if native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng([len(case), exclude_self])
+    ndb, nq, dim = (3, 3, 2) if case == "tiny" else (300, 23, 4)
+    db = rng.integers(-3, 4, (ndb, dim)).astype(np.float32)
+    db_labels = rng.integers(0, 3, ndb)
+    q = rng.integers(-3, 4, (nq, dim)).astype(np.float32)
+    q_labels = rng.integers(0, 3, nq)
+    if case == "one_relevant":
+        db_labels = np.arange(ndb) + 10
+        q_labels = rng.choice(db_labels, nq)
+        if exclude_self:  # each item's only relevant item is its twin
+            db_labels = np.arange(ndb) // 2
+    if case == "zero_distances":
+        db[: 4 * nq] = np.repeat(q, 4, axis=0)  # four copies of every query
+    if case == "big_tied_bucket":
+        db[50:250] = db[7]
+        q[::2] = db[7]
+    if case == "far_outlier":
+        db[11] = 1000
+    if case == "many_ties":
+        db = rng.integers(0, 2, (ndb, dim)).astype(np.float32)
+        q = rng.integers(0, 2, (nq, dim)).astype(np.float32)
+    if exclude_self:
+        q, q_labels = db, db_labels.copy()
+    ks = (1, 2, 5, 40, 1000)
+    qi, dbi = q.astype(np.int64), db.astype(np.int64)
+    ranked = []
+    for i in range(len(q)):
+        keep = [j for j in range(ndb) if not (exclude_self and j == i)]
+        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
+        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j])
+                                                 for j in keep]))
+    with native.generic_kernels() if kernel == "generic" else nullcontext():
+        out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
+    assert_matches_brute_force(out, ranked, ks)
+    with native.disabled():
+        plain = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
+    for key in out:
+        np.testing.assert_allclose(out[key], plain[key], rtol=0, atol=1e-14, err_msg=key)
+
+
+def test_euclidean_native_generic_equals_best_bitwise():
+    """The AVX-512 slot pass and the portable one give the same statistics bit for bit, on
+    continuous features (float coordinates rarely tie) and with infinite distances (an
+    infinite coordinate: beyond every finite relevant item, or the whole relevant range)."""
+    from tools.hashing import native
+    if native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng(21)
+    db = rng.normal(size=(3000, 8)).astype(np.float32)
+    db[100:140] = db[3]
+    db_labels = rng.integers(0, 4, 3000)
+    q = rng.normal(size=(30, 8)).astype(np.float32)
+    q_labels = rng.integers(0, 4, 30)
+    rel = native.relevance_index(q_labels, db_labels)
+    ks = np.array([1, 10, 100, 5000])
+    for variant in ("finite", "inf"):
+        if variant == "inf":
+            db[::7, 2] = np.inf
+        db_t = np.ascontiguousarray(db.T)
+        best = native.euclid(q, db_t, rel, -1, ks)
+        with native.generic_kernels():
+            generic = native.euclid(q, db_t, rel, -1, ks)
+        for a, b in zip(best, generic):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), variant
+        with native.disabled():
+            plain = euclidean_metrics(q, q_labels, db, db_labels, ks=tuple(ks))
+        fast = euclidean_metrics(q, q_labels, db, db_labels, ks=tuple(ks))
+        for key in fast:
+            np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-14,
+                                       err_msg=f"{variant} {key}")

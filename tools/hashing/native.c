@@ -9,11 +9,16 @@
  * Codes are uint64 words [n, nwords] (tools.codes.to_words). The popcount loops are compiled
  * twice on x86 -- once with the POPCNT instruction, once generic -- and the variant is picked
  * at run time, so a library built on one x86 machine never executes an instruction another
- * lacks.
+ * lacks. Likewise the slot pass of the Euclidean ranking (euclid_slots_avx512: AVX-512
+ * intrinsics under a target attribute, used when the CPU has AVX-512 F/VL/DQ/BW; else the
+ * portable loop, which gives the same slots).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 
 #define TQN_ABI_VERSION 4
 
@@ -442,106 +447,310 @@ static void euclid_block(const double *qd /* [TQN_EQB, dim], rows >= nqb zero */
     }
 }
 
-typedef struct { double d; int64_t i; } tqn_item;
+/* The ranking of one query (euclid_rank) works on
+ *   keys:   the relevant items' keys -- the bit pattern u of the distance (distances are sums
+ *           of squares, >= +0.0, whose IEEE order is their unsigned integer order; a NaN
+ *           pattern sorts last, so the order is total), then the database index i -- with
+ *           their fine bucket f (below);
+ *   buckets: nb = TQN_EBPR * m uniform fine buckets over the relevant items' range [lo, hi]:
+ *           x = (d - lo) * scale clamped to [0, nb - 1/4], bucket floor(x); items beyond the
+ *           range (u > uhi) get bucket nb, items below it (u < ulo) bucket nb + 1. Monotone:
+ *           d <= d' gives x <= x', so a smaller x (or bucket) means a smaller key;
+ *   table:  per bucket b, s = #relevant items in buckets < b and xr = the (float) x of its
+ *           relevant item if it holds exactly one, +inf if none, NaN if several; +inf for
+ *           the buckets nb (s = m) and nb + 1 (s = 0).
+ * An item's slot = #relevant keys smaller than its key: for a non-relevant item in bucket b,
+ * s + (xf > xr) where xf = (float)x, exact since float rounding is monotone too (xf > xr
+ * implies x > x_r implies d > d_r; xf < xr the reverse), unless xf == xr or xr is NaN: then
+ * its key is compared with the bucket's relevant keys. A relevant item's slot is its place p
+ * in key order, so its rank is p + 1 + #non-relevant items with slot <= p. */
+typedef struct { uint64_t u; int32_t i, f; } tqn_rkey;
+typedef struct { int32_t s; float xr; } tqn_ent;
 
-static int item_cmp(const void *a, const void *b) {
-    const tqn_item *x = (const tqn_item *)a, *y = (const tqn_item *)b;
-    if (x->d != y->d) return x->d < y->d ? -1 : 1;
+static int rkey_cmp(const void *a, const void *b) {
+    const tqn_rkey *x = (const tqn_rkey *)a, *y = (const tqn_rkey *)b;
+    if (x->u != y->u) return x->u < y->u ? -1 : 1;
     return x->i < y->i ? -1 : (x->i > y->i);
 }
 
-/* The ranks of one query's relevant items (see tqn_euclid), in rank order, into the sums.
- * di [ndb] distances (di[self] is overwritten), n ranked items, n_rel >= 1 relevant ones
- * (is_rel marks them), rel [nrel_all] their rows (self possibly among them). Scratch:
- * bucket [ndb], count / relc / place [ndb + 2] int32, items [ndb + 2]. */
+/* Fine buckets per relevant item. */
+#define TQN_EBPR 8
+/* Coarse buckets (the relevant items' counting sort) of 1 << TQN_ECSHIFT fine ones. */
+#define TQN_ECSHIFT 1
+/* Items per chunk of the slot pass. */
+#define TQN_ECHUNK 512
+
+typedef struct {
+    double lo, scale, top;
+    uint64_t ulo, uhi;
+    int32_t nb;
+} tqn_ebk;
+
+static inline double euclid_x(const tqn_ebk *k, double d) {
+    double x = (d - k->lo) * k->scale;
+    x = x < k->top ? x : k->top;  /* a NaN product gives top */
+    return x > 0.0 ? x : 0.0;
+}
+
+/* The slots of items j0 .. j0 + len - 1 into slot[] (see above): m (never summed) for
+ * relevant items, -1 where an exact comparison is needed (the caller's). */
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void euclid_slots(const double *restrict di, const uint8_t *restrict is_rel,
+                         int32_t len, const tqn_ebk *bk, const tqn_ent *restrict table,
+                         int32_t m, int32_t *restrict slot) {
+    const tqn_ebk k = *bk;
+    for (int32_t t = 0; t < len; t++) {
+        const double d = di[t];
+        uint64_t u;
+        memcpy(&u, &d, sizeof u);
+        const double x = euclid_x(&k, d);
+        const int32_t b = u > k.uhi ? k.nb : u < k.ulo ? k.nb + 1 : (int32_t)x;
+        const tqn_ent e = table[b];
+        const float xf = (float)x;
+        int32_t s = e.s + (xf > e.xr);
+        s = xf == e.xr || e.xr != e.xr ? -1 : s;
+        slot[t] = is_rel[t] ? m : s;
+    }
+}
+
+#if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TQN_EAVX512 1
+/* euclid_slots with AVX-512 gathers (GCC's default tuning emulates gathers with scalar
+   loads): the same operations lane by lane, so the same slots. */
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+static void euclid_slots_avx512(const double *restrict di, const uint8_t *restrict is_rel,
+                                int32_t len, const tqn_ebk *bk,
+                                const tqn_ent *restrict table, int32_t m,
+                                int32_t *restrict slot) {
+    const __m512d vlo = _mm512_set1_pd(bk->lo), vscale = _mm512_set1_pd(bk->scale);
+    const __m512d vtop = _mm512_set1_pd(bk->top), vzero = _mm512_setzero_pd();
+    const __m512i vuhi = _mm512_set1_epi64((long long)bk->uhi);
+    const __m512i vulo = _mm512_set1_epi64((long long)bk->ulo);
+    const __m256i vnb = _mm256_set1_epi32(bk->nb), vnb1 = _mm256_set1_epi32(bk->nb + 1);
+    const __m256i one = _mm256_set1_epi32(1), none = _mm256_set1_epi32(-1);
+    const __m256i vm = _mm256_set1_epi32(m);
+    int32_t t = 0;
+    for (; t + 8 <= len; t += 8) {
+        const __m512d d = _mm512_loadu_pd(di + t);
+        const __m512i u = _mm512_castpd_si512(d);
+        __m512d x = _mm512_mul_pd(_mm512_sub_pd(d, vlo), vscale);
+        x = _mm512_min_pd(x, vtop);  /* x < top ? x : top (a NaN x gives top) */
+        x = _mm512_max_pd(x, vzero); /* x > 0 ? x : 0 */
+        __m256i b = _mm512_cvttpd_epi32(x);
+        b = _mm256_mask_blend_epi32(_mm512_cmplt_epu64_mask(u, vulo), b, vnb1);
+        b = _mm256_mask_blend_epi32(_mm512_cmpgt_epu64_mask(u, vuhi), b, vnb);
+        const __m512i e = _mm512_i32gather_epi64(b, (const void *)table, 8);
+        const __m256i s = _mm512_cvtepi64_epi32(e);
+        const __m256 xr = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(e, 32)));
+        const __m256 xf = _mm512_cvtpd_ps(x);
+        const __mmask8 gt = _mm256_cmp_ps_mask(xf, xr, _CMP_GT_OQ);
+        const __mmask8 ex = _mm256_cmp_ps_mask(xf, xr, _CMP_EQ_UQ);  /* equal or NaN */
+        __m256i r = _mm256_mask_add_epi32(s, gt, s, one);
+        r = _mm256_mask_mov_epi32(r, ex, none);
+        const __m128i rel8 = _mm_loadl_epi64((const __m128i *)(is_rel + t));
+        r = _mm256_mask_mov_epi32(r, _mm_cmpneq_epi8_mask(rel8, _mm_setzero_si128()), vm);
+        _mm256_storeu_si256((__m256i *)(slot + t), r);
+    }
+    if (t < len) euclid_slots(di + t, is_rel + t, len - t, bk, table, m, slot + t);
+}
+
+static int has_avx512(void) {
+    __builtin_cpu_init();
+    return !force_generic && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw");
+}
+#endif
+
+/* a [n] (counts) -> its exclusive prefix sums; returns the largest count. Vectorized
+ * (in-register scans). */
+typedef int32_t tqn_v16i __attribute__((vector_size(64)));
+typedef int32_t tqn_v4i __attribute__((vector_size(16)));
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static void euclid_rank(double *restrict di, int64_t ndb, int64_t self, int64_t n, int64_t n_rel,
-                        const int64_t *restrict rel, int64_t nrel_all,
-                        const uint8_t *restrict is_rel, int32_t *restrict bucket,
-                        int32_t *restrict count, int32_t *restrict relc,
-                        int32_t *restrict place, tqn_item *restrict items,
-                        const int64_t *restrict ks, int64_t nk, int64_t *restrict hk,
-                        double *ap, double *ap_c, double *mr, double *mr_c) {
-    if (self >= 0) di[self] = di[self + 1 < ndb ? self + 1 : self - 1];  /* n >= 1: exists */
-    /* min / max on the bit patterns (vectorized): distances are sums of squares, >= +0.0,
-       whose IEEE order is their unsigned integer order */
+static int32_t euclid_prefix(int32_t *restrict a, int32_t n) {
+    const tqn_v16i zero = {0};
+    tqn_v16i big = zero;
+    int32_t carry = 0, b = 0;
+    for (; b + 16 <= n; b += 16) {
+        tqn_v16i v, x;
+        memcpy(&v, a + b, sizeof v);
+        const tqn_v16i more = v > big;  /* -1 / 0 lanes */
+        big = (v & more) | (big & ~more);
+        x = v + __builtin_shuffle(v, zero, (tqn_v16i){16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 16, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+        x += __builtin_shuffle(x, zero, (tqn_v16i){16, 16, 16, 16, 16, 16, 16, 16, 0, 1, 2, 3, 4, 5, 6, 7});
+        const tqn_v16i ex = x - v + carry;
+        carry += x[15];
+        memcpy(a + b, &ex, sizeof ex);
+    }
+    int32_t biggest = 0;
+    for (int t = 0; t < 16; t++) biggest = big[t] > biggest ? big[t] : biggest;
+    for (; b < n; b++) {
+        const int32_t c = a[b];
+        biggest = c > biggest ? c : biggest;
+        a[b] = carry;
+        carry += c;
+    }
+    return biggest;
+}
+
+/* Scratch of euclid_rank, for a database of ndb items (tqn_euclid allocates it once). */
+typedef struct {
+    tqn_rkey *keys;   /* [2 ndb + 1]: unsorted, then sorted (16 bytes each) */
+    uint64_t *su;     /* [ndb + 1] sorted keys' bit patterns */
+    int32_t *si;      /* [ndb + 1] sorted keys' indices */
+    int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per coarse bucket, then cursors */
+    tqn_ent *table;   /* [TQN_EBPR ndb + 10] */
+    int32_t *cnt;     /* [ndb + 1] non-relevant items per slot */
+    uint8_t *is_rel;  /* [ndb + 8], all 0 between queries */
+} tqn_escratch;
+
+/* The ranks of one query's relevant items (see above and tqn_euclid), in rank order, into the
+ * sums. di [ndb] distances (next: the next query's, prefetched, or NULL), self the query's
+ * own row or -1, m = n_rel >= 1 relevant items:
+ * rel [nrel_all] their rows in any order (self possibly among them, skipped). */
+static void euclid_rank(int avx512, const double *restrict di, const double *next,
+                        int64_t ndb, int64_t self,
+                        int64_t n_rel, const int64_t *restrict rel, int64_t nrel_all,
+                        const tqn_escratch *sc, const int64_t *restrict ks, int64_t nk,
+                        int64_t *restrict hk, double *ap, double *ap_c, double *mr,
+                        double *mr_c) {
+    const int32_t m = (int32_t)n_rel;
+    tqn_rkey *restrict keys = sc->keys;
+    uint8_t *restrict is_rel = sc->is_rel;
+    /* the relevant items' keys (unsorted) and their range */
     uint64_t ulo = UINT64_MAX, uhi = 0;
-    for (int64_t j = 0; j < ndb; j++) {
+    for (int64_t r = 0, k = 0; r < nrel_all; r++) {
+        const int64_t j = rel[r];
+        if (j == self) continue;
         uint64_t u;
         memcpy(&u, di + j, sizeof u);
+        keys[k].u = u;
+        keys[k].i = (int32_t)j;
+        is_rel[j] = 1;
+        k++;
         ulo = u < ulo ? u : ulo;
         uhi = u > uhi ? u : uhi;
     }
-    double lo, hi;
-    memcpy(&lo, &ulo, sizeof lo);
+    tqn_ebk bk;
+    double hi;
+    memcpy(&bk.lo, &ulo, sizeof bk.lo);
     memcpy(&hi, &uhi, sizeof hi);
-    const int64_t nb = n;
-    const double scale = hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0;
-    const double top = (double)(nb - 1);
-    for (int64_t j = 0; j < ndb; j++) {  /* monotone buckets, vectorized */
-        double x = (di[j] - lo) * scale;
-        x = x < top ? x : top;
-        x = x > 0.0 ? x : 0.0;
-        bucket[j] = (int32_t)x;
+    bk.ulo = ulo;
+    bk.uhi = uhi;
+    bk.nb = TQN_EBPR * m;
+    bk.scale = ((double)bk.nb - 0.5) / (hi - bk.lo);
+    if (!(bk.scale <= 1.7976931348623157e308)) bk.scale = 0.0;  /* hi = lo, inf, NaN */
+    bk.top = (double)bk.nb - 0.25;
+    const int32_t nb = bk.nb;
+    /* the relevant items' buckets; counting sort on coarse buckets c = f >> TQN_ECSHIFT */
+    const int32_t nc = (nb >> TQN_ECSHIFT) + 1;
+    int32_t *restrict hist = sc->hist;
+    memset(hist, 0, sizeof(int32_t) * (size_t)(nc + 1));
+    for (int32_t k = 0; k < m; k++) {
+        double d;
+        memcpy(&d, &keys[k].u, sizeof d);
+        const double x = euclid_x(&bk, d);
+        keys[k].f = (int32_t)x;  /* < nb: ulo <= u <= uhi */
+        hist[keys[k].f >> TQN_ECSHIFT]++;
     }
-    if (self >= 0) bucket[self] = (int32_t)nb;  /* not ranked: the spare bucket */
-    memset(count, 0, sizeof(int32_t) * (size_t)(nb + 1));
-    memset(relc, 0, sizeof(int32_t) * (size_t)(nb + 1));
-    for (int64_t j = 0; j < ndb; j++) count[bucket[j]]++;
-    for (int64_t r = 0; r < nrel_all; r++) relc[bucket[rel[r]]]++;
-    relc[nb] = 0;
-    /* count[b] -> #items in buckets < b; place[b] -> start of bucket b in the compact array
-       of the buckets holding a relevant item (relc[b] > 0); the other buckets (and the
-       spare one) write to a dump slot past the end, relc[b] -> 1 or 0 (advance or not) */
-    int32_t before = 0, pos = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const int32_t c = count[b];
-        count[b] = before;
-        before += c;
-        relc[b] = relc[b] != 0;
-        place[b] = pos;
-        pos += relc[b] ? c : 0;
-    }
-    for (int64_t b = 0; b <= nb; b++)
-        if (!relc[b]) place[b] = pos;
-    for (int64_t j = 0; j < ndb; j++) {  /* in index order: stable; branch-free */
-        const int32_t b = bucket[j];
-        tqn_item *it = items + place[b];
-        it->d = di[j];
-        it->i = j;
-        place[b] += relc[b];
-    }
-    /* place[b] is now the end of bucket b in the compact array (for relc[b] = 1) */
-    int64_t hits = 0, start = 0;
-    for (int64_t b = 0; b < nb && hits < n_rel; b++) {
-        if (!relc[b]) continue;
-        const int64_t end = place[b];
-        const int64_t len = end - start;
-        if (len > 32) {
-            qsort(items + start, (size_t)len, sizeof(tqn_item), item_cmp);
-        } else if (len > 1) {
-            for (int64_t x = start + 1; x < end; x++) {
-                tqn_item t = items[x];
-                int64_t y = x - 1;
-                while (y >= start && (items[y].d > t.d)) {  /* strict: stable */
-                    items[y + 1] = items[y];
-                    y--;
-                }
-                items[y + 1] = t;
+    const int32_t biggest = euclid_prefix(hist, nc);  /* -> coarse bucket starts */
+    tqn_rkey *restrict sorted = keys + m;
+    for (int32_t k = 0; k < m; k++) sorted[hist[keys[k].f >> TQN_ECSHIFT]++] = keys[k];
+    /* finish on (bits, index): hist[c] is now the end of coarse bucket c */
+    if (biggest > 32) {
+        for (int32_t c = 0, s = 0; c < nc; s = hist[c], c++)
+            if (hist[c] - s > 1) qsort(sorted + s, (size_t)(hist[c] - s), sizeof(tqn_rkey), rkey_cmp);
+    } else if (biggest > 1) {  /* insertion sort: only items of one bucket are inverted */
+        for (int32_t x = 1; x < m; x++) {
+            const tqn_rkey t = sorted[x];
+            int32_t y = x - 1;
+            while (y >= 0 && (sorted[y].u > t.u || (sorted[y].u == t.u && sorted[y].i > t.i))) {
+                sorted[y + 1] = sorted[y];
+                y--;
             }
+            sorted[y + 1] = t;
         }
-        for (int64_t p = start; p < end; p++) {
-            if (!is_rel[items[p].i]) continue;
-            const int64_t rank = (int64_t)count[b] + (p - start) + 1;
-            hits++;
-            const double prec = (double)hits / (double)rank;
-            kahan_add(ap, ap_c, prec);
-            if (rank <= n_rel) kahan_add(mr, mr_c, prec);
-            for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
+    }
+    /* the sorted keys as arrays, and the table from them: each relevant item p writes
+       {p, +inf} to the buckets after the previous one's up to its own (8 at a time, harmless
+       beyond: a later item or the end rewrites them; the table has room for them), then its
+       own bucket's xr */
+    uint64_t *restrict su = sc->su;
+    int32_t *restrict si = sc->si;
+    tqn_ent *restrict table = sc->table;
+    const tqn_v4i zero = {0}, even = {-1, 0, -1, 0};
+    const tqn_v4i pattern = (zero + 0x7f800000) & ~even;  /* {0, +inf bits} x 2 */
+    int32_t prev = -1;
+    for (int32_t p = 0; p < m; p++) {
+        const int32_t f = sorted[p].f;
+        su[p] = sorted[p].u;
+        si[p] = sorted[p].i;
+        const tqn_v4i run = pattern + ((zero + p) & even);  /* 2 x {p, +inf}, in a register */
+        for (int32_t c = 0; c < 8; c += 2) memcpy(table + prev + 1 + c, &run, sizeof run);
+        for (int32_t b = prev + 9; b <= f; b += 2) memcpy(table + b, &run, sizeof run);
+        double d;
+        memcpy(&d, &sorted[p].u, sizeof d);
+        table[f].xr = f == prev ? __builtin_nanf("") : (float)euclid_x(&bk, d);
+        prev = f;
+    }
+    const tqn_v4i end = pattern + ((zero + m) & even);
+    for (int32_t b = prev + 1; b < nb; b += 2) memcpy(table + b, &end, sizeof end);
+    table[nb].s = m;  /* beyond the relevant items */
+    table[nb].xr = __builtin_inff();
+    table[nb + 1].s = 0;  /* below them */
+    table[nb + 1].xr = __builtin_inff();
+    /* every non-relevant item's slot, counted per slot */
+    int32_t *restrict cnt = sc->cnt;
+    memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
+    int32_t slot[TQN_ECHUNK];
+    for (int64_t j0 = 0; j0 < ndb; j0 += TQN_ECHUNK) {
+        const int32_t len = (int32_t)(ndb - j0 < TQN_ECHUNK ? ndb - j0 : TQN_ECHUNK);
+#ifdef TQN_EAVX512
+        if (avx512)
+            euclid_slots_avx512(di + j0, is_rel + j0, len, &bk, table, m, slot);
+        else
+#endif
+            euclid_slots(di + j0, is_rel + j0, len, &bk, table, m, slot);
+        if (next)  /* the next query's distances, from memory meanwhile */
+            for (int32_t t = 0; t < len; t += 8) __builtin_prefetch(next + j0 + t);
+        if (self >= j0 && self < j0 + len) slot[self - j0] = m;  /* not ranked */
+        for (int32_t t = 0; t < len; t++) {
+            int32_t s = slot[t];
+            if (s < 0) {  /* several relevant items in its bucket, or a float tie */
+                const int32_t j = (int32_t)j0 + t;
+                uint64_t u;
+                memcpy(&u, di + j, sizeof u);
+                const int32_t b = (int32_t)euclid_x(&bk, di[j]);  /* ulo <= u <= uhi */
+                const int32_t e = table[b + 1].s;  /* table[nb].s = m */
+                s = table[b].s;
+                for (int32_t n = e - s; n > 0;) {  /* lower bound of (u, j) in [s, e) */
+                    const int32_t half = n / 2, x = s + half;
+                    if (su[x] < u || (su[x] == u && si[x] < j)) {
+                        s = x + 1;
+                        n -= half + 1;
+                    } else {
+                        n = half;
+                    }
+                }
+            }
+            cnt[s]++;
         }
-        start = end;
+    }
+    for (int64_t r = 0; r < nrel_all; r++) is_rel[rel[r]] = 0;
+    int64_t below = 0;
+    for (int32_t p = 0; p < m; p++) {
+        below += cnt[p];
+        const int64_t rank = below + p + 1;
+        const double prec = (double)(p + 1) / (double)rank;
+        kahan_add(ap, ap_c, prec);
+        if (rank <= n_rel) kahan_add(mr, mr_c, prec);
+        for (int64_t t = nk - 1; t >= 0 && rank <= ks[t]; t--) hk[t]++;
     }
 }
 
@@ -555,30 +764,40 @@ static void euclid_rank(double *restrict di, int64_t ndb, int64_t self, int64_t 
  *
  * Every statistic follows from the ranks of the relevant items alone (rank = 1 + #items of
  * smaller (distance, index)), taken in rank order. Per query: the distances (euclid_block);
- * each item's bucket b = floor((d - min) * scale) among nb = n buckets (monotone: it never
- * decreases with d, and equal distances share a bucket); a histogram of all items and one of
- * the relevant items. Only the buckets holding a relevant item need their order: their items
- * (in index order, so stably) are gathered into a compact array ordered by bucket, each such
- * bucket finished by insertion sort (qsort beyond 32 items) on (distance, index); an item at
- * place p of bucket b has rank (#items in buckets < b) + p + 1. O(ndb) expected time, no full
- * sort. Returns 0, or -2 if out of memory. */
+ * then euclid_rank (see the comment above tqn_rkey): the m relevant keys sorted (counting
+ * sort on buckets of their own distance range, then insertion sort / qsort within buckets),
+ * a table of TQN_EBPR * m buckets giving every item its slot among the sorted relevant keys
+ * with one gather and one float comparison (exact comparisons for the few items sharing a
+ * bucket with several relevant items or tying in float), the slots counted, and the rank of
+ * the relevant item at place p = p + 1 + #non-relevant items with slot <= p. O(ndb + m log m)
+ * worst case (binary searches), O(ndb) expected; no sort of the database. Returns 0, -2 if
+ * out of memory, -3 if ndb is too large for the 32-bit bucket indices (>= 2^31 / 8). */
 int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_t dim,
                const int64_t *rel_idx, const int64_t *rel_lo, const int64_t *rel_hi,
                int64_t self_start, double *ap_sum, double *mapr_sum, const int64_t *ks,
                int64_t nk, int64_t *hits_k) {
+    if (ndb > (INT32_MAX - 16) / TQN_EBPR) return -3;
     const int64_t ntiles = (ndb + TQN_ETW - 1) / TQN_ETW;
     const size_t tile_elems = (size_t)ntiles * (size_t)(dim > 0 ? dim : 1) * TQN_ETW;
     double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
-    int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
-    int32_t *count = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    int32_t *relc = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    int32_t *place = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 2));
-    tqn_item *items = (tqn_item *)malloc(sizeof(tqn_item) * (size_t)(ndb + 2));
-    uint8_t *is_rel = (uint8_t *)calloc((size_t)ndb + 1, 1);
+    tqn_escratch sc;
+    sc.keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 1));
+    sc.su = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(ndb + 1));
+    sc.si = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    sc.hist = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
+    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)ndb + 10));
+    sc.cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    sc.is_rel = (uint8_t *)calloc((size_t)ndb + 8, 1);
     int status = 0;
-    if (!dist || !qd || !tiles || !bucket || !count || !relc || !place || !items || !is_rel) {
+#ifdef TQN_EAVX512
+    const int avx512 = has_avx512();
+#else
+    const int avx512 = 0;
+#endif
+    if (!dist || !qd || !tiles || !sc.keys || !sc.su || !sc.si || !sc.hist || !sc.table ||
+        !sc.cnt || !sc.is_rel) {
         status = -2;
         goto done;
     }
@@ -605,35 +824,30 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
             double ap = 0.0, ap_c = 0.0, mr = 0.0, mr_c = 0.0;
             int64_t *hk = hits_k + (size_t)i * (size_t)nk;
             for (int64_t t = 0; t < nk; t++) hk[t] = 0;
-            int64_t n_rel = 0;
-            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++)
-                if (rel_idx[r] != self) {
-                    is_rel[rel_idx[r]] = 1;
-                    n_rel++;
-                }
+            int64_t n_rel = rel_hi[i] - rel_lo[i];
+            if (self >= 0)
+                for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) n_rel -= rel_idx[r] == self;
             if (n_rel == 0 || n == 0) {
                 ap_sum[i] = 0.0;
                 mapr_sum[i] = 0.0;
-                for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
                 continue;
             }
-            euclid_rank(di, ndb, self, n, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i],
-                        is_rel, bucket, count, relc, place, items, ks, nk, hk, &ap, &ap_c, &mr,
-                        &mr_c);
+            euclid_rank(avx512, di, a + 1 < nqb ? di + ndb : NULL, ndb, self, n_rel, rel_idx + rel_lo[i], rel_hi[i] - rel_lo[i], &sc,
+                        ks, nk, hk, &ap, &ap_c, &mr, &mr_c);
             ap_sum[i] = ap + ap_c;
             mapr_sum[i] = mr + mr_c;
-            for (int64_t r = rel_lo[i]; r < rel_hi[i]; r++) is_rel[rel_idx[r]] = 0;
         }
     }
 done:
     free(dist);
     free(qd);
     free(tiles);
-    free(bucket);
-    free(count);
-    free(relc);
-    free(place);
-    free(items);
-    free(is_rel);
+    free(sc.keys);
+    free(sc.su);
+    free(sc.si);
+    free(sc.hist);
+    free(sc.table);
+    free(sc.cnt);
+    free(sc.is_rel);
     return status;
 }

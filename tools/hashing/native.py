@@ -77,8 +77,8 @@ def disabled():
 
 @contextlib.contextmanager
 def generic_kernels():
-    """Within the block the C kernels run their portable variant (no POPCNT instruction),
-    the only one on non-x86 machines: for tests."""
+    """Within the block the C kernels run their portable variant (no POPCNT instruction, no
+    AVX-512 gathers in tqn_euclid's ranking), the only one on non-x86 machines: for tests."""
     loaded = lib()
     old = loaded.tqn_force_generic(1) if loaded is not None else 0
     try:
@@ -244,6 +244,9 @@ def euclid(q_feats, db_t, relevance, self_start, ks):
     status = lib().tqn_euclid(_ptr(q_feats), _ptr(db_t), nq, db_t.shape[1], db_t.shape[0],
                               _ptr(rel_idx), _ptr(lo), _ptr(hi), self_start, _ptr(ap_sum),
                               _ptr(mapr_sum), _ptr(ks_arr), len(ks_arr), _ptr(hits_k))
+    if status == -3:
+        raise ValueError(f"tqn_euclid: a database of {db_t.shape[1]} items is too large for its "
+                         "32-bit bucket indices (at most 268,435,453)")
     if status != 0:
         raise MemoryError("tqn_euclid: out of memory")
     return ap_sum, mapr_sum, hits_k
