@@ -278,8 +278,9 @@ def _worker_chunk(spec, deploy, top, net_factory, src, lo, hi, part):
 
 def _one_blas_thread():
     """A chunk worker's start: one BLAS thread (set before pycaffe loads OpenBLAS). Two one-thread
-    processes computed EfficientNet-Lite0 features about 2x as fast as one two-thread process on
-    2 cores (BVLC Caffe's grouped convolutions are many small GEMMs that do not thread)."""
+    processes computed EfficientNet-Lite0 features 1.55-1.66x as fast as one two-thread process on
+    2 cores (bench/bench_feature_workers.py; BVLC Caffe's grouped convolutions are many small
+    GEMMs that do not thread)."""
     os.environ['OPENBLAS_NUM_THREADS'] = '1'
     os.environ['OMP_NUM_THREADS'] = '1'
 
