@@ -16,7 +16,7 @@ import pytest
 
 from tools.hashing.codes import pack_bits, to_words
 from tools.hashing.metrics import (average_precision_index_order, average_precision_tie_aware,
-                           euclidean_metrics, evaluate_codes, evaluate_features,
+                           euclidean_distances, euclidean_metrics, evaluate_codes, evaluate_features,
                            hamming_histograms, hamming_ranked_relevance,
                            iter_hamming_chunks, map_at_r_index_order, map_at_r_tie_aware,
                            pr_curve_by_radius, precision_at_k_index_order,
@@ -707,3 +707,37 @@ def test_euclidean_native_generic_equals_best_bitwise():
         for key in fast:
             np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-14,
                                        err_msg=f"{variant} {key}")
+
+
+@pytest.mark.parametrize("ndb,dim", [(1999, 48), (23, 48), (7, 5), (1000, 3)])
+def test_euclidean_native_rounding_order_of_distances(ndb, dim):
+    """The distance kernels (the AVX-512 one and the portable one) round exactly as the rule of
+    euclidean_distances (sum over k in order, no fused multiply-add): with a constant query,
+    an item and its coordinate permutations are at the same true distance, so their order --
+    hence AP, mAP@R and hits, with the permutations relevant and the originals not -- is
+    decided by the last bits of the rounded sums alone. Database sizes leave partial 16-item
+    tiles."""
+    from tools.hashing import native
+    if native.lib() is None:
+        pytest.skip("C kernels unavailable")
+    rng = np.random.default_rng([ndb, dim])
+    base = (rng.normal(size=(ndb, dim)) * 10.0 ** rng.uniform(-2, 2, (ndb, dim)))
+    db = base.astype(np.float32)
+    db[1::2] = db[0:ndb - 1:2][:, ::-1]  # odd items: the previous item reversed
+    db[2::4] = np.roll(db[2::4], 1, axis=1)  # some: rotated
+    db_labels = np.arange(ndb) % 2
+    q = np.repeat(rng.normal(size=(9, 1)) * 3, dim, axis=1).astype(np.float32)
+    q_labels = np.ones(9, dtype=np.int64)
+    d = euclidean_distances(q, db)
+    if ndb > 100:  # the test is only sharp if rounding breaks many of the true ties
+        pairs = d[:, 1::2] != d[:, 0:ndb - 1:2]
+        assert pairs.mean() > 0.1
+    ks = (1, 10, 100)
+    with native.disabled():
+        plain = euclidean_metrics(q, q_labels, db, db_labels, ks=ks)
+    fast = euclidean_metrics(q, q_labels, db, db_labels, ks=ks)
+    with native.generic_kernels():
+        generic = euclidean_metrics(q, q_labels, db, db_labels, ks=ks)
+    for key in fast:  # one pair swapped moves AP by ~1e-4
+        np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-14, err_msg=key)
+        assert np.asarray(fast[key]).tobytes() == np.asarray(generic[key]).tobytes(), key
