@@ -9,9 +9,10 @@
  * Codes are uint64 words [n, nwords] (tools.codes.to_words). The popcount loops are compiled
  * twice on x86 -- once with the POPCNT instruction, once generic -- and the variant is picked
  * at run time, so a library built on one x86 machine never executes an instruction another
- * lacks. Likewise the slot pass of the Euclidean ranking (euclid_slots_avx512: AVX-512
- * intrinsics under a target attribute, used when the CPU has AVX-512 F/VL/DQ/BW; else the
- * portable loop, which gives the same slots).
+ * lacks. Likewise the Euclidean distances and the slot pass of their ranking
+ * (euclid_block_avx512, euclid_slots_avx512: AVX-512 intrinsics under a target attribute,
+ * used when the CPU has AVX-512 F/VL/DQ/BW; else the portable code, which gives the same
+ * bits).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -389,7 +390,8 @@ int tqn_adc(const float *restrict tables, const void *restrict codes, int64_t nq
  * tile t = [dim][TQN_ETW] float32 (tail padded with zeros; those lanes are never stored), so
  * each tile is one contiguous read shared by the TQN_EQB queries. GCC vector types, lowered
  * per ISA by target_clones (avx512f: 24 accumulators in zmm registers; 12 was measured 14 %
- * faster than 8 queries). */
+ * faster than 8 queries); where AVX-512 F/VL/DQ/BW is there (and not generic_kernels()),
+ * euclid_block_avx512 runs instead, the same operations written with intrinsics. */
 #define TQN_EQB 12
 #define TQN_ETW 16
 typedef double tqn_v8d __attribute__((vector_size(64)));

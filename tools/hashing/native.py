@@ -78,7 +78,8 @@ def disabled():
 @contextlib.contextmanager
 def generic_kernels():
     """Within the block the C kernels run their portable variant (no POPCNT instruction, no
-    AVX-512 gathers in tqn_euclid's ranking), the only one on non-x86 machines: for tests."""
+    AVX-512 intrinsics in tqn_euclid's distances and ranking), the only one on non-x86
+    machines: for tests."""
     loaded = lib()
     old = loaded.tqn_force_generic(1) if loaded is not None else 0
     try:
