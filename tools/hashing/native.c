@@ -495,14 +495,18 @@ static inline double euclid_x(const tqn_ebk *k, double d) {
 }
 
 /* The slots of items j0 .. j0 + len - 1 into slot[] (see above): m (never summed) for
- * relevant items, -1 where an exact comparison is needed (the caller's). */
+ * relevant items and for those needing an exact comparison, whose indices j0 + t are listed
+ * in exact[] instead (for the caller's comparison); returns their number. The counting loop
+ * is then one increment per item, without a test. */
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-static void euclid_slots(const double *restrict di, const uint8_t *restrict is_rel,
-                         int32_t len, const tqn_ebk *bk, const tqn_ent *restrict table,
-                         int32_t m, int32_t *restrict slot) {
+static int32_t euclid_slots(const double *restrict di, const uint8_t *restrict is_rel,
+                            int32_t j0, int32_t len, const tqn_ebk *bk,
+                            const tqn_ent *restrict table, int32_t m, int32_t *restrict slot,
+                            int32_t *restrict exact) {
     const tqn_ebk k = *bk;
+    int32_t nex = 0;
     for (int32_t t = 0; t < len; t++) {
         const double d = di[t];
         uint64_t u;
@@ -511,10 +515,13 @@ static void euclid_slots(const double *restrict di, const uint8_t *restrict is_r
         const int32_t b = u > k.uhi ? k.nb : u < k.ulo ? k.nb + 1 : (int32_t)x;
         const tqn_ent e = table[b];
         const float xf = (float)x;
-        int32_t s = e.s + (xf > e.xr);
-        s = xf == e.xr || e.xr != e.xr ? -1 : s;
-        slot[t] = is_rel[t] ? m : s;
+        const int32_t s = e.s + (xf > e.xr);
+        const int32_t ex = (xf == e.xr || e.xr != e.xr) && !is_rel[t];
+        slot[t] = is_rel[t] || ex ? m : s;
+        exact[nex] = j0 + t;
+        nex += ex;
     }
+    return nex;
 }
 
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -522,18 +529,18 @@ static void euclid_slots(const double *restrict di, const uint8_t *restrict is_r
 /* euclid_slots with AVX-512 gathers (GCC's default tuning emulates gathers with scalar
    loads): the same operations lane by lane, so the same slots. */
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
-static void euclid_slots_avx512(const double *restrict di, const uint8_t *restrict is_rel,
-                                int32_t len, const tqn_ebk *bk,
-                                const tqn_ent *restrict table, int32_t m,
-                                int32_t *restrict slot) {
+static int32_t euclid_slots_avx512(const double *restrict di, const uint8_t *restrict is_rel,
+                                   int32_t j0, int32_t len, const tqn_ebk *bk,
+                                   const tqn_ent *restrict table, int32_t m,
+                                   int32_t *restrict slot, int32_t *restrict exact) {
     const __m512d vlo = _mm512_set1_pd(bk->lo), vscale = _mm512_set1_pd(bk->scale);
     const __m512d vtop = _mm512_set1_pd(bk->top), vzero = _mm512_setzero_pd();
     const __m512i vuhi = _mm512_set1_epi64((long long)bk->uhi);
     const __m512i vulo = _mm512_set1_epi64((long long)bk->ulo);
     const __m256i vnb = _mm256_set1_epi32(bk->nb), vnb1 = _mm256_set1_epi32(bk->nb + 1);
-    const __m256i one = _mm256_set1_epi32(1), none = _mm256_set1_epi32(-1);
-    const __m256i vm = _mm256_set1_epi32(m);
-    int32_t t = 0;
+    const __m256i one = _mm256_set1_epi32(1), vm = _mm256_set1_epi32(m);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int32_t t = 0, nex = 0;
     for (; t + 8 <= len; t += 8) {
         const __m512d d = _mm512_loadu_pd(di + t);
         const __m512i u = _mm512_castpd_si512(d);
@@ -548,14 +555,22 @@ static void euclid_slots_avx512(const double *restrict di, const uint8_t *restri
         const __m256 xr = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(e, 32)));
         const __m256 xf = _mm512_cvtpd_ps(x);
         const __mmask8 gt = _mm256_cmp_ps_mask(xf, xr, _CMP_GT_OQ);
-        const __mmask8 ex = _mm256_cmp_ps_mask(xf, xr, _CMP_EQ_UQ);  /* equal or NaN */
-        __m256i r = _mm256_mask_add_epi32(s, gt, s, one);
-        r = _mm256_mask_mov_epi32(r, ex, none);
         const __m128i rel8 = _mm_loadl_epi64((const __m128i *)(is_rel + t));
-        r = _mm256_mask_mov_epi32(r, _mm_cmpneq_epi8_mask(rel8, _mm_setzero_si128()), vm);
+        const __mmask8 rel = _mm_cmpneq_epi8_mask(rel8, _mm_setzero_si128());
+        const __mmask8 ex = _mm256_cmp_ps_mask(xf, xr, _CMP_EQ_UQ) & ~rel;  /* equal or NaN */
+        __m256i r = _mm256_mask_add_epi32(s, gt, s, one);
+        r = _mm256_mask_mov_epi32(r, rel | ex, vm);
         _mm256_storeu_si256((__m256i *)(slot + t), r);
+        if (ex) {
+            const __m256i j = _mm256_add_epi32(_mm256_set1_epi32(j0 + t), iota);
+            _mm256_mask_compressstoreu_epi32(exact + nex, ex, j);
+            nex += __builtin_popcount(ex);
+        }
     }
-    if (t < len) euclid_slots(di + t, is_rel + t, len - t, bk, table, m, slot + t);
+    if (t < len)
+        nex += euclid_slots(di + t, is_rel + t, j0 + t, len - t, bk, table, m, slot + t,
+                            exact + nex);
+    return nex;
 }
 
 /* euclid_block with AVX-512 intrinsics: the same operations in the same order, so the same
@@ -752,35 +767,37 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
     /* every non-relevant item's slot, counted per slot */
     int32_t *restrict cnt = sc->cnt;
     memset(cnt, 0, sizeof(int32_t) * (size_t)(m + 1));
-    int32_t slot[TQN_ECHUNK];
+    int32_t slot[TQN_ECHUNK], exact[TQN_ECHUNK];
     for (int64_t j0 = 0; j0 < ndb; j0 += TQN_ECHUNK) {
         const int32_t len = (int32_t)(ndb - j0 < TQN_ECHUNK ? ndb - j0 : TQN_ECHUNK);
+        int32_t nex;
 #ifdef TQN_EAVX512
         if (avx512)
-            euclid_slots_avx512(di + j0, is_rel + j0, len, &bk, table, m, slot);
+            nex = euclid_slots_avx512(di + j0, is_rel + j0, (int32_t)j0, len, &bk, table, m,
+                                      slot, exact);
         else
 #endif
-            euclid_slots(di + j0, is_rel + j0, len, &bk, table, m, slot);
+            nex = euclid_slots(di + j0, is_rel + j0, (int32_t)j0, len, &bk, table, m, slot,
+                               exact);
         if (next)  /* the next query's distances, from memory meanwhile */
             for (int32_t t = 0; t < len; t += 8) __builtin_prefetch(next + j0 + t);
         if (self >= j0 && self < j0 + len) slot[self - j0] = m;  /* not ranked */
-        for (int32_t t = 0; t < len; t++) {
-            int32_t s = slot[t];
-            if (s < 0) {  /* several relevant items in its bucket, or a float tie */
-                const int32_t j = (int32_t)j0 + t;
-                uint64_t u;
-                memcpy(&u, di + j, sizeof u);
-                const int32_t b = (int32_t)euclid_x(&bk, di[j]);  /* ulo <= u <= uhi */
-                const int32_t e = table[b + 1].s;  /* table[nb].s = m */
-                s = table[b].s;
-                for (int32_t n = e - s; n > 0;) {  /* lower bound of (u, j) in [s, e) */
-                    const int32_t half = n / 2, x = s + half;
-                    if (su[x] < u || (su[x] == u && si[x] < j)) {
-                        s = x + 1;
-                        n -= half + 1;
-                    } else {
-                        n = half;
-                    }
+        for (int32_t t = 0; t < len; t++) cnt[slot[t]]++;
+        for (int32_t x = 0; x < nex; x++) {  /* several relevant items in its bucket, or a tie */
+            const int32_t j = exact[x];
+            if (j == self) continue;
+            uint64_t u;
+            memcpy(&u, di + j, sizeof u);
+            const int32_t b = (int32_t)euclid_x(&bk, di[j]);  /* ulo <= u <= uhi */
+            const int32_t e = table[b + 1].s;  /* table[nb].s = m */
+            int32_t s = table[b].s;
+            for (int32_t n = e - s; n > 0;) {  /* lower bound of (u, j) in [s, e) */
+                const int32_t half = n / 2, y = s + half;
+                if (su[y] < u || (su[y] == u && si[y] < j)) {
+                    s = y + 1;
+                    n -= half + 1;
+                } else {
+                    n = half;
                 }
             }
             cnt[s]++;
