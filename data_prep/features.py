@@ -500,6 +500,19 @@ def caffe_net(deploy, weights):
     return caffe.Net(deploy, caffe.TEST, weights=weights)
 
 
+def _logged_net(log, deploy, weights):
+    from .console import output_to_log
+    with output_to_log(log):
+        return caffe_net(deploy, weights)
+
+
+def logged_net(log):
+    """A net factory (caffe_net) whose pycaffe set-up log goes to `log`, not the console
+    (picklable: the chunk workers are spawned processes)."""
+    import functools
+    return functools.partial(_logged_net, log)
+
+
 def _forward(net, top, imgs, spec, mirror=True):
     """float32 [n, 2, D]: the features of each image and its mirror (mirror=False: [n, 1, D],
     the originals only)."""
@@ -645,7 +658,7 @@ def main(argv=None):
                                std=args.std, channels=args.channels, **kw)
         else:
             spec = spec_from_backbone(args.images, args.out, args.backbone, args.input_size, **kw)
-        rec = extract(spec)
+        rec = extract(spec, net_factory=logged_net(os.path.join(args.out, 'caffe.log')))
         if args.training_data:
             training_data(args.out, args.images, args.training_data, args.seed, args.epochs, quiet=args.quiet)
             print(f'features: training data (seed {args.seed}) -> {args.training_data}')

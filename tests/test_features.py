@@ -207,6 +207,22 @@ def test_encode_image_lmdb_computes_what_the_extraction_stored(image_build, tmp_
     assert not (tmp_path / 'new2').exists()
 
 
+def test_cli_keeps_caffes_log_off_the_console(image_build, tmp_path):
+    import subprocess
+    import sys
+    tmp, _, _ = image_build
+    deploy, weights, _ = make_backbone(str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith('GLOG_')}
+    r = subprocess.run([sys.executable, '-m', 'data_prep.features', '--images', str(tmp / 'images'),
+                        '--out', str(tmp_path / 'f'), '--deploy', deploy, '--weights', weights,
+                        '--mean', ','.join(str(m) for m in MEAN), '--input-size', '12', '--chunk', '7'],
+                       capture_output=True, text=True, env=env, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'net.cpp' not in r.stdout + r.stderr and 'features: 5-d' in r.stdout
+    assert 'net.cpp' in (tmp_path / 'f' / 'caffe.log').read_text()
+
+
 def pid_net(folder, deploy, weights):
     """A chunk worker's net factory that leaves its process id in `folder` (picklable)."""
     open(os.path.join(folder, str(os.getpid())), 'w').close()

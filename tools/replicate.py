@@ -50,7 +50,6 @@ from prototxt import description as D
 from tools.pipeline import blobs as B
 from tools.pipeline import evaluation, report
 from tools.pipeline import features as PF
-from tools.pipeline.caffe import logged_backbone_net
 from tools.pipeline.errors import PipelineError, run_command
 from tools.pipeline.models import score, train_models
 from tools.pipeline.training import TrainSpec, final_model, tqn_override
@@ -676,7 +675,7 @@ def backbone_candidate(setting, data, name, size, rows, folder):
         counts = json.load(f)["counts"]
     say(f"backbone study: {name} at {size}x{size} on {len(rows)} held-in + {counts['query']} + "
         f"{counts['database']} held-out images")
-    net = logged_backbone_net(os.path.join(folder, "caffe.log"))
+    net = F.logged_net(os.path.join(folder, "caffe.log"))
     parts = {"train": F.features_of_rows(spec, "train", rows, net),
              "query": F.features_of_rows(spec, "query", range(counts["query"]), net),
              "database": F.features_of_rows(spec, "database", range(counts["database"]), net)}

@@ -4,12 +4,10 @@ in a file and a progress line on the console every 10 %.
 Caffe's own log (glog at INFO: the net's set-up, every displayed iteration) is a product of the
 run and goes to the log file only; the console gets the progress lines.
 """
-import contextlib
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 from data_prep.errors import Interrupted
@@ -47,47 +45,6 @@ def progress_line(label, done, total, seconds, extra=""):
     left = (total - done) / rate if rate > 0 else 0.0
     return (f"  {label}: {done}/{total} ({100 * done / max(total, 1):.0f} %){extra}, "
             f"{rate:.0f} it/s, {seconds:.0f} s, {left:.0f} s left")
-
-
-@contextlib.contextmanager
-def output_to_log(log_path, verbose=False):
-    """Sends this process's stdout and stderr (file descriptors 1 and 2: pycaffe's glog lines,
-    the nets it prints) to `log_path` (appended) for the duration; with verbose=True the console
-    keeps them. Python's own prints inside are sent there too."""
-    if verbose:
-        yield
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(log_path, "a") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        for fd in saved:
-            os.close(fd)
-
-
-def _logged_backbone_net(log, deploy, weights):
-    from data_prep.features import caffe_net
-    with output_to_log(log):
-        return caffe_net(deploy, weights)
-
-
-def logged_backbone_net(log):
-    """data_prep.features' net factory with pycaffe's set-up log sent to `log`, not the console
-    (picklable: the feature extraction's chunk workers are spawned processes)."""
-    import functools
-    return functools.partial(_logged_backbone_net, log)
 
 
 def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False):

@@ -14,11 +14,11 @@ from typing import Optional
 
 import numpy as np
 
+from data_prep.console import output_to_log
 from data_prep.outputs import sha256_file
 from prototxt import description as D
 from prototxt import generate as G
 from tools.pipeline import blobs as B
-from tools.pipeline.caffe import output_to_log
 from tools.pipeline.errors import PipelineError
 from tools.pipeline.training import check_scale, load_manifest
 

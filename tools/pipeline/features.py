@@ -6,7 +6,6 @@ from (data_prep.features.training_data)."""
 import os
 
 from data_prep import features as F
-from tools.pipeline.caffe import logged_backbone_net
 
 
 def features_name(backbone, input_size, own=None):
@@ -17,5 +16,5 @@ def backbone_features(images, root, backbone, input_size, own=None, quiet=False)
     """The features folder of the image build `images` (computed, or found complete)."""
     features = os.path.join(root, features_name(backbone, input_size, own))
     spec = F.backbone_spec(images, features, backbone, input_size, own=own, quiet=quiet)
-    F.extract(spec, net_factory=logged_backbone_net(os.path.join(features, "caffe.log")))
+    F.extract(spec, net_factory=F.logged_net(os.path.join(features, "caffe.log")))
     return features

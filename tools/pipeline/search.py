@@ -20,9 +20,10 @@ from typing import Optional
 
 import numpy as np
 
+from data_prep.console import output_to_log
 from data_prep.dataset import IMAGE_EXTENSIONS, Dataset
 from data_prep.errors import DataPrepError
-from data_prep.features import encode_image_lmdb
+from data_prep.features import encode_image_lmdb, logged_net
 from data_prep.outputs import load_marker
 from data_prep.lmdb_io import write_image_lmdb
 from data_prep.readers import read_image_folder, read_image_list
@@ -32,7 +33,6 @@ from tools.hashing import binary_index as BI
 from tools.hashing import codes as C
 from tools.pipeline import blobs as B
 from tools.pipeline import extraction
-from tools.pipeline.caffe import logged_backbone_net, output_to_log
 from tools.pipeline.errors import PipelineError
 from tools.pipeline.training import final_model, load_manifest
 
@@ -148,7 +148,7 @@ def search(spec):
             write_image_lmdb(lmdb, ds, np.arange(len(ds)), "raw", size, progress=False)
             if backbone:                    # images -> the backbone's features, as training saw them
                 feature_lmdb = os.path.join(work, "features")
-                encode_image_lmdb(backbone["folder"], lmdb, feature_lmdb, logged_backbone_net(log))
+                encode_image_lmdb(backbone["folder"], lmdb, feature_lmdb, logged_net(log))
                 lmdb = feature_lmdb
         except DataPrepError as e:
             raise SearchError(str(e)) from None
