@@ -73,7 +73,7 @@ def main(argv=None):
              "(one image; the features scale computes each image and its mirror).", "",
              "| backbone | input | dimension | ms / image |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['backbone']} | {r['input_size']} | {r['dimension']} | {r['ms_per_image']} |" for r in rows]
-    lines += ["", f"Machine: {common.machine_line(m)}, load average {m['load_average_end'][0]} at end "
+    lines += ["", f"Machine: {common.machine_line(m)} "
               "(shared machine: ad hoc figures; the ratio between rows of one size is the robust part)."]
     common.update_readme("backbones", "\n".join(lines))
     return 0

@@ -569,9 +569,7 @@ def render_euclidean(result):
     lines = [f"### Real-valued features: exact Euclidean evaluation ({cfg['nq']:,} queries x "
              f"{cfg['ndb']:,} database, {sec['data']['dim']}-d float32)", ""]
     if "machine" in sec:
-        lines += [f"Machine: {common.machine_line(m)}" + (
-            f", load average {m['load_average_end'][0]} at end" if m.get("load_average_end")
-            else "") + f". Command: `{sec['command']}`.", ""]
+        lines += [f"Machine: {common.machine_line(m)}. Command: `{sec['command']}`.", ""]
     lines += [f"Data: {sec['data']['classes']} Gaussian clusters (= classes, unit-normal centres, "
               f"noise sd {sec['data']['spread']}). Ranking by squared Euclidean distance "
               "(double sums of (q_k - x_k)^2 in coordinate order, ties by index), one thread "
@@ -809,9 +807,7 @@ def render_dqn_adc(result):
              f"{cfg['ndb']:,} database, D = {p['dim']}, M = {p['m']}, K = {p['k']}: "
              f"{p['m'] * int(np.log2(p['k']))} bits)", ""]
     if "machine" in sec:
-        lines += [f"Machine: {common.machine_line(m)}" + (
-            f", load average {m['load_average_end'][0]} at end" if m.get("load_average_end")
-            else "") + f". Command: `{sec['command']}`.", ""]
+        lines += [f"Machine: {common.machine_line(m)}. Command: `{sec['command']}`.", ""]
     lines += [f"Data: {p['classes']} Gaussian clusters (= classes, centres x {p['spread']}, unit "
               f"noise); codebooks: {p['trainer']}, loaded as ours; database encoded by "
               f"tools.hashing.pq.encode ({p['distinct_codes']:,} distinct codes"

@@ -101,7 +101,7 @@ def main(argv=None):
              "|---|---:|---:|---:|"]
     for i, (x, q) in enumerate(zip(rounds, ratios), 1):
         lines.append(f"| {i} | {x['one_process_2_threads']:.1f} | {x['two_processes_1_thread']:.1f} | {q:.2f}x |")
-    lines += ["", f"Machine: {common.machine_line(m)}, load average {m['load_average_end'][0]} at end. "
+    lines += ["", f"Machine: {common.machine_line(m)}. "
               "`data_prep.features` therefore runs one one-thread chunk worker a core by default."]
     common.update_readme("feature_workers", "\n".join(lines))
     return 0

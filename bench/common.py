@@ -61,10 +61,11 @@ def machine():
 
 
 def machine_line(m):
-    load = m.get("load_average")
+    load, end = m.get("load_average"), m.get("load_average_end")
     return (f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), Python {m['python']}, "
             f"numpy {m.get('numpy')}, faiss {m.get('faiss')}, {m['date']}"
-            + (f", load average {load[0]} at start" if load else ""))
+            + (f", load average {load[0]} at start" if load else "")
+            + (f", load average {end[0]} at end" if end else ""))
 
 
 def peak_rss_mib():

@@ -539,18 +539,23 @@ def features_of_rows(spec, split, rows, net_factory=None):
     """The backbone's features of the originals (no mirror) of `rows` of `spec.images`'
     lmdb/<split>, for comparing backbones and input sizes on a sample: (float32 [n, D], labels,
     seconds per image of the forward passes alone). Nothing is written but a temporary deploy."""
+    imgs, labels = _load_rows(os.path.join(spec.images, 'lmdb', split), rows)
+    net, top = _feature_net(spec, net_factory)
+    start = time.perf_counter()
+    feats = _forward(net, top, imgs, spec, mirror=False)[:, 0]
+    seconds = time.perf_counter() - start
+    return feats, labels, seconds / max(1, len(imgs))
+
+
+def _feature_net(spec, net_factory=None):
+    """(net, feature blob name): spec's backbone as its feature net (feature_deploy), made from a
+    temporary deploy file (Caffe reads it once, when the net is made)."""
     import tempfile
-    src = os.path.join(spec.images, 'lmdb', split)
-    imgs, labels = _load_rows(src, rows)
     text, top = feature_deploy(open(spec.deploy).read(), spec.input_size, spec.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         deploy = os.path.join(tmp, 'feature_deploy.prototxt')
         write_text(deploy, text)
-        net = (net_factory or caffe_net)(deploy, spec.weights)
-        start = time.perf_counter()
-        feats = _forward(net, top, imgs, spec, mirror=False)[:, 0]
-        seconds = time.perf_counter() - start
-    return feats, labels, seconds / max(1, len(imgs))
+        return (net_factory or caffe_net)(deploy, spec.weights), top
 
 
 def cores():
@@ -575,7 +580,6 @@ def encode_image_lmdb(features_dir, images_lmdb, out_lmdb, net_factory=None):
     mirror): the image LMDB `images_lmdb` -> the float-Datum LMDB `out_lmdb` (written
     atomically). For encoding images a features-scale model was not trained on (tools.search).
     The backbone's weights must be the recorded ones (sha256). Returns the number of rows."""
-    import tempfile
     _, record = features_record(features_dir)
     inputs, files = record['inputs'], record.get('files') or {}
     for what in ('deploy', 'weights'):
@@ -588,12 +592,9 @@ def encode_image_lmdb(features_dir, images_lmdb, out_lmdb, net_factory=None):
                        input_size=inputs['input_size'], mean_bgr=tuple(inputs['mean_bgr']),
                        backbone=inputs['backbone'], std=inputs.get('std', 1.0),
                        channels=inputs.get('channels', 'bgr'))
-    text, top = feature_deploy(open(spec.deploy).read(), spec.input_size, spec.batch_size)
     n = lmdb_count(images_lmdb)
-    with tempfile.TemporaryDirectory() as tmp, atomic_dir(out_lmdb) as out:
-        deploy = os.path.join(tmp, 'feature_deploy.prototxt')
-        write_text(deploy, text)
-        net = (net_factory or caffe_net)(deploy, spec.weights)
+    net, top = _feature_net(spec, net_factory)
+    with atomic_dir(out_lmdb) as out:
         w = None
         try:
             for lo in range(0, n, spec.chunk):

@@ -93,6 +93,18 @@ def bf_index_order_ranking(dists, rels):
     return [bool(rels[j]) for j in order]
 
 
+def bf_euclidean_rankings(q, q_labels, db, db_labels, exclude_self):
+    """Brute force over integer-valued features: each query's index-order ranking of exact integer
+    squared distances (its own row left out with exclude_self)."""
+    qi, dbi = q.astype(np.int64), db.astype(np.int64)
+    ranked = []
+    for i in range(len(q)):
+        keep = [j for j in range(len(db)) if not (exclude_self and j == i)]
+        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
+        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j]) for j in keep]))
+    return ranked
+
+
 def bf_expected_metrics(dists, rels, ks):
     """Exact expectation over every ordering inside each group of equal distance."""
     groups = [[bool(rels[j]) for j in range(len(dists)) if dists[j] == d]
@@ -548,12 +560,7 @@ def test_euclidean_exact_ties_by_index_match_brute_force(exclude_self, backend):
         db[30], db[31] = q[0] + [1, 2, 0, 0], q[0] - [1, 2, 0, 0]  # mirror images
         q_labels = rng.integers(0, 4, 11)
     ks = (1, 3, 10, 59)
-    qi, dbi = q.astype(np.int64), db.astype(np.int64)
-    ranked = []
-    for i in range(len(q)):
-        keep = [j for j in range(len(db)) if not (exclude_self and j == i)]
-        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
-        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j]) for j in keep]))
+    ranked = bf_euclidean_rankings(q, q_labels, db, db_labels, exclude_self)
     from contextlib import nullcontext
     with (native.disabled() if backend == "numpy" else nullcontext()):
         out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
@@ -605,13 +612,7 @@ def test_euclidean_native_edge_cases_match_brute_force(ndb, nq, dim, exclude_sel
         q_labels = q_labels.copy()
         q_labels[::2] = 7  # no database item has label 7
     ks = (1, 3, 16, 200)
-    qi, dbi = q.astype(np.int64), db.astype(np.int64)
-    ranked = []
-    for i in range(len(q)):
-        keep = [j for j in range(ndb) if not (exclude_self and j == i)]
-        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
-        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j])
-                                                 for j in keep]))
+    ranked = bf_euclidean_rankings(q, q_labels, db, db_labels, exclude_self)
     out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
     assert_matches_brute_force(out, ranked, ks)
     with native.disabled():
@@ -661,13 +662,7 @@ def test_euclidean_native_ranking_paths_match_brute_force(kernel, exclude_self, 
     if exclude_self:
         q, q_labels = db, db_labels.copy()
     ks = (1, 2, 5, 40, 1000)
-    qi, dbi = q.astype(np.int64), db.astype(np.int64)
-    ranked = []
-    for i in range(len(q)):
-        keep = [j for j in range(ndb) if not (exclude_self and j == i)]
-        d = [int(((qi[i] - dbi[j]) ** 2).sum()) for j in keep]
-        ranked.append(bf_index_order_ranking(d, [bool(q_labels[i] == db_labels[j])
-                                                 for j in keep]))
+    ranked = bf_euclidean_rankings(q, q_labels, db, db_labels, exclude_self)
     with native.generic_kernels() if kernel == "generic" else nullcontext():
         out = euclidean_metrics(q, q_labels, db, db_labels, exclude_self, None, ks)
     assert_matches_brute_force(out, ranked, ks)

@@ -89,17 +89,17 @@ def prepare_data(spec):
     return load_manifest(spec.data_dir())
 
 
-def feature_training_data(spec, images):
+def feature_training_data(spec, images, seed):
     """The features scale: the backbone's features of the image build `images` (computed once into
     out/features/<backbone>-<size>, each image and its mirror) and the data folder the head trains
-    from (out/data-features: seeded mirrored lists of the build's seed); returns that folder."""
+    from (out/data-features: mirrored lists of `seed`, the build's split and triplet seed);
+    returns that folder."""
     backbone = spec.backbone or D.FEATURE_BACKBONE["backbone"]
     size = spec.input_size or D.FEATURE_BACKBONE["input_size"]
     root = os.path.join(spec.out_dir(), "features")
     say(f"features: {PF.features_name(backbone, size, spec.backbone_files)} of {images} -> {root}")
     features = PF.backbone_features(images, root, backbone, size, own=spec.backbone_files, quiet=spec.quiet)
     folder = os.path.join(spec.out_dir(), "data-features")
-    seed = load_manifest(images).get("seed", 0)       # the build's split and triplet seed
     F.training_data(features, images, folder, seed, sum(spec.epochs), spec.batch_triplets, quiet=spec.quiet)
     return folder
 
@@ -124,7 +124,7 @@ def run(spec):
     protocol = manifest.get("protocol")
     cfg = D.config(spec.dataset, spec.scale, manifest.get("classes"))    # before any feature work
     if spec.scale == "features" and not manifest.get("features"):      # else: --data is one already
-        data = feature_training_data(spec, data)
+        data = feature_training_data(spec, data, manifest.get("seed", 0))
     results, runs = {}, {}
     for bits in spec.bits_list():
         runs[bits] = os.path.join(out, f"{bits}bits")
