@@ -42,6 +42,48 @@ vector<int> SeededPermutation(int n, SplitMix64* rng) {
   return p;
 }
 
+/// Squared distances from one sub-vector x (S values) to K centroids stored
+/// transposed, cent_t[s * K + k]: d[k] = sum over s = 0 .. S-1, in that order,
+/// of (x[s] - c_k[s])^2, each sum in double precision. Every d[k] goes through
+/// exactly the operations of the scalar loop over s (a subtraction, a
+/// multiplication, an addition, in s order; no reassociation and no fused
+/// multiply-add: GCC would fuse t * t + d[k] under AVX-512, so contraction is
+/// switched off for this function), so the results are bitwise those of the
+/// scalar loop; the loop over k is what the compiler vectorizes. Returns the nearest centroid (ties: the smallest k) and its
+/// distance in *best_d.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("avx512f", "avx2", "default"),
+    optimize("fp-contract=off")))
+#endif
+int NearestCentroid(const double* x, const double* cent_t, int K, int S,
+    double* d, double* best_d) {
+  for (int k = 0; k < K; ++k) { d[k] = 0; }
+  for (int s = 0; s < S; ++s) {
+    const double xs = x[s];
+    const double* c = cent_t + static_cast<size_t>(s) * K;
+    for (int k = 0; k < K; ++k) {
+      const double t = xs - c[k];
+      d[k] += t * t;
+    }
+  }
+  int best = 0;
+  for (int k = 1; k < K; ++k) {
+    if (d[k] < d[best]) { best = k; }
+  }
+  *best_d = d[best];
+  return best;
+}
+
+/// cent_t[s * K + k] = cent[k * S + s] (K x S to S x K), in double.
+template <typename T>
+void TransposeCentroids(const T* cent, int K, int S, double* cent_t) {
+  for (int k = 0; k < K; ++k) {
+    for (int s = 0; s < S; ++s) {
+      cent_t[static_cast<size_t>(s) * K + k] = static_cast<double>(cent[k * S + s]);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename Dtype>
@@ -242,6 +284,7 @@ void ProductQuantizationLossLayer<Dtype>::UpdateCodebooks() {
   SplitMix64 rng(seed_);
   Dtype* codebooks = this->blobs_[0]->mutable_cpu_data();
   vector<double> cent(static_cast<size_t>(K) * S), sum(cent.size());
+  vector<double> cent_t(cent.size()), xd(S), dk(K);
   vector<int> count(K), assign(n);
   vector<double> dist(n);
   vector<char> taken(n);
@@ -261,18 +304,13 @@ void ProductQuantizationLossLayer<Dtype>::UpdateCodebooks() {
     for (int it = 0; it < iterations_; ++it) {
       // Assignment step (ties: the smallest k).
       bool changed = false;
+      TransposeCentroids(&cent[0], K, S, &cent_t[0]);
       for (int r = 0; r < n; ++r) {
         const Dtype* x = rows[r] + m * S;
-        int best = 0;
-        double best_d = 0;
-        for (int k = 0; k < K; ++k) {
-          double d = 0;
-          for (int s = 0; s < S; ++s) {
-            const double t = static_cast<double>(x[s]) - cent[k * S + s];
-            d += t * t;
-          }
-          if (k == 0 || d < best_d) { best = k; best_d = d; }
-        }
+        for (int s = 0; s < S; ++s) { xd[s] = static_cast<double>(x[s]); }
+        double best_d;
+        const int best = NearestCentroid(&xd[0], &cent_t[0], K, S, &dk[0],
+            &best_d);
         changed |= assign[r] != best;
         assign[r] = best;
         dist[r] = best_d;
@@ -333,25 +371,23 @@ void ProductQuantizationLossLayer<Dtype>::Forward_cpu(
   const Dtype* z = bottom[0]->cpu_data();
   const Dtype* codebooks = this->blobs_[0]->cpu_data();
   Dtype* codes = codes_.mutable_cpu_data();
-  double loss = 0;
-  for (int i = 0; i < n; ++i) {
-    for (int m = 0; m < M; ++m) {
+  // Per subspace (its codebook transposed once), every row's nearest centroid;
+  // the loss sums rows in the order (i, m), as written in the header.
+  vector<double> cent_t(static_cast<size_t>(K) * S), xd(S), dk(K);
+  vector<double> best_ds(static_cast<size_t>(n) * M);
+  for (int m = 0; m < M; ++m) {
+    TransposeCentroids(codebooks + static_cast<size_t>(m) * K * S, K, S,
+        &cent_t[0]);
+    for (int i = 0; i < n; ++i) {
       const Dtype* x = z + static_cast<size_t>(i) * dim_ + m * S;
-      const Dtype* book = codebooks + static_cast<size_t>(m) * K * S;
-      int best = 0;
-      double best_d = 0;
-      for (int k = 0; k < K; ++k) {
-        double d = 0;
-        for (int s = 0; s < S; ++s) {
-          const double t = static_cast<double>(x[s]) - book[k * S + s];
-          d += t * t;
-        }
-        if (k == 0 || d < best_d) { best = k; best_d = d; }
-      }
+      for (int s = 0; s < S; ++s) { xd[s] = static_cast<double>(x[s]); }
+      const int best = NearestCentroid(&xd[0], &cent_t[0], K, S, &dk[0],
+          &best_ds[static_cast<size_t>(i) * M + m]);
       codes[i * M + m] = static_cast<Dtype>(best);
-      loss += best_d;
     }
   }
+  double loss = 0;
+  for (size_t j = 0; j < best_ds.size(); ++j) { loss += best_ds[j]; }
   top[0]->mutable_cpu_data()[0] = static_cast<Dtype>(loss / n);
 }
 

@@ -1,3 +1,5 @@
+#include <stdint.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -152,6 +154,49 @@ TYPED_TEST(ProductQuantizationLossLayerTest, TestTiesGoToSmallestK) {
   for (int k = 0; k < 4; ++k) {
     EXPECT_NEAR(bz.cpu_diff()[k], want[k], 1e-6);
   }
+}
+
+// Distances are summed as written, (x_0 - c_0)^2 + (x_1 - c_1)^2 + ..., each
+// product rounded to double before it is added: never a fused multiply-add
+// (which the vectorized assignment would get from GCC under AVX-512 unless
+// contraction is off). With z = (1, 1) and the centroids (p, q) and (q, p) the
+// two unfused sums are the same two rounded squares added in either order:
+// equal, so the tie goes to k = 0. Fused, they round differently; p and q are
+// drawn until the fused sums would send the row to k = 1 (1 - p and 1 - q need
+// more than 26 bits, so their squares are not exact in double).
+// CPU only: the GPU kernel's arithmetic is nvcc's.
+TYPED_TEST(ProductQuantizationLossLayerTest, TestTiesWithoutFusedMultiplyAdd) {
+  typedef typename TypeParam::Dtype Dtype;
+  if (Caffe::mode() != Caffe::CPU) { return; }
+  uint64_t state = 12345;
+  Dtype p = 0, q = 0;
+  bool found = false;
+  for (int attempt = 0; attempt < 100000 && !found; ++attempt) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    p = static_cast<Dtype>(std::ldexp(
+        1.0 + std::ldexp(static_cast<double>(state >> 40), -24), -12));
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    q = static_cast<Dtype>(std::ldexp(
+        1.0 + std::ldexp(static_cast<double>(state >> 40), -24), -13));
+    const double ta = 1.0 - static_cast<double>(p);
+    const double tb = 1.0 - static_cast<double>(q);
+    const double fused0 = std::fma(tb, tb, ta * ta);  // to (p, q)
+    const double fused1 = std::fma(ta, ta, tb * tb);  // to (q, p)
+    found = fused1 < fused0;
+  }
+  ASSERT_TRUE(found) << "no (p, q) separates fused from unfused sums";
+  Blob<Dtype> bz(1, 2, 1, 1);
+  caffe_set(2, Dtype(1), bz.mutable_cpu_data());
+  vector<Blob<Dtype>*> bottom_vec(1, &bz);
+  ProductQuantizationLossLayer<Dtype> layer(this->Param(1, 2, 1000, 10, TEST));
+  layer.SetUp(bottom_vec, this->top_vec_);
+  this->SetBlob(layer.blobs()[0].get(), vector<Dtype>{p, q, q, p});
+  this->SetBlob(layer.blobs()[1].get(), vector<Dtype>{0, 1});
+  layer.Forward(bottom_vec, this->top_vec_);
+  layer.Backward(this->top_vec_, vector<bool>(1, true), bottom_vec);
+  // dL/dz = 2 (z - c_0): the row went to k = 0.
+  EXPECT_EQ(bz.cpu_diff()[0], Dtype(2) * (Dtype(1) - p));
+  EXPECT_EQ(bz.cpu_diff()[1], Dtype(2) * (Dtype(1) - q));
 }
 
 // Before the first codebook update (state[1] == 0) loss and gradient are 0,
