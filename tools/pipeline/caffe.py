@@ -39,17 +39,20 @@ def git_commit():
 ITERATION = re.compile(r"\] Iteration (\d+).*loss = (\S+)")
 
 
-def progress_line(label, done, total, seconds, extra=""):
-    """`label: done/total (p %), rate it/s, time left`: the one progress line format of a runner."""
-    rate = done / seconds if seconds > 0 else 0.0
+def progress_line(label, done, total, seconds, extra="", since=0):
+    """`label: done/total (p %), rate it/s, time left`: the one progress line format of a runner.
+    `since`: the iteration the `seconds` were counted from (a resumed run's snapshot), so the
+    rate is of this run's iterations only."""
+    rate = (done - since) / seconds if seconds > 0 else 0.0
     left = (total - done) / rate if rate > 0 else 0.0
     return (f"  {label}: {done}/{total} ({100 * done / max(total, 1):.0f} %){extra}, "
             f"{rate:.0f} it/s, {seconds:.0f} s, {left:.0f} s left")
 
 
-def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False):
+def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False, resumed=0):
     """Runs a `caffe train` command, appending its log to `log_path` and printing progress
-    every 10 % of `iters` (with rate and time left); verbose=True echoes every log line to the
+    every 10 % of `iters` (with rate and time left, counted from iteration `resumed`, where a
+    resumed run starts); verbose=True echoes every log line to the
     console too; returns the wall seconds. A failure is a CaffeError quoting the log's last
     lines; Ctrl-C lets caffe snapshot and stop, then raises data_prep's Interrupted."""
     env = dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0")  # the log is a product
@@ -67,7 +70,7 @@ def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False):
                 m = ITERATION.search(line)
                 if m and not quiet and int(m.group(1)) >= next_report * iters:
                     print(progress_line(label, int(m.group(1)), iters, time.monotonic() - start,
-                                        f", loss {m.group(2)}"), flush=True)
+                                        f", loss {m.group(2)}", since=resumed), flush=True)
                     while next_report * iters <= int(m.group(1)):
                         next_report += 0.1
         except KeyboardInterrupt:

@@ -278,7 +278,7 @@ def train(spec):
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
         try:
             seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
-                                f"step {step}", spec.quiet, spec.verbose)
+                                f"step {step}", spec.quiet, spec.verbose, resumed=resumed)
         except Interrupted:
             raise Interrupted(stopped_message(run, step, iters)) from None
         problem = S.model_problem(model) if os.path.exists(model) else "missing"
