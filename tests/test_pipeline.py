@@ -58,12 +58,27 @@ def test_interrupted_step_resumes_from_its_solverstate(tmp_path, digits_data, ca
     # As if stopped after the snapshot at iteration 40: drop the later files.
     for name in ("step1_iter_60.caffemodel", "step1_iter_60.solverstate"):
         (tmp_path / name).unlink()
+    with open(tmp_path / "logs" / "step1.log", "a") as log:  # an earlier invocation of 1,000 s
+        log.write("# caffe train (an earlier invocation)\n"
+                  "I20260101 00:00:00.000000 7 caffe.cpp:197] Use CPU.\n"
+                  "I20260101 00:16:40.000000 7 solver.cpp:239] Iteration 40 (1 iter/s), loss = 1\n")
     T.train(train_spec(digits_data, tmp_path, iters=(60, 45), steps=(1,)))
     out = capsys.readouterr().out
     assert "resuming from iteration 40" in out
     assert (tmp_path / "step1_iter_60.caffemodel").exists()
     net = (tmp_path / "step1_net.prototxt").read_text()
     assert f"first_triplet: {40 * 32}" in net                      # the triplet position too
+    # The step's recorded time covers both invocations: the first's read from the log.
+    from tools.pipeline import caffe_log
+    log = (tmp_path / "logs" / "step1.log").read_text()
+    assert log.count("\n# ") + log.startswith("# ") == 3
+    earlier = caffe_log.wall_seconds(log[:log.rindex("\n# ") + 1])
+    last = caffe_log.wall_seconds(log[log.rindex("\n# ") + 1:])
+    assert 1000 < earlier < 1100 and 0 < last < 100
+    step = json.loads((tmp_path / "params.json").read_text())["steps"]["1"]
+    assert step["resumed_from"] == 40
+    assert earlier + last - 0.1 <= step["seconds"] < earlier + 100
+    assert caffe_log.parse(log)["loss"][-1][0] == 60
 
 
 def test_step2_without_step1_is_refused(tmp_path, digits_data, caffe_build):

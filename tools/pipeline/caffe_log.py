@@ -7,26 +7,77 @@ Caffe prints, every `display` iterations,
     ... solver.cpp:...]     Train net output #1: tqn_loss = 9.87 (* 0 = 0 loss)
 
 `parse` turns that into {output name: [(iteration, value), ...]} ("loss" is the weighted total).
+A log may hold several invocations of `caffe train` (a run resumed from a snapshot appends to
+its step's log): tools.pipeline.caffe.run_caffe starts each with a line `# <command>`. A resumed
+invocation computes again the iterations after its snapshot, so `parse` drops the earlier
+invocation's points from the resumed one's first iteration on, and `wall_seconds` sums the
+invocations' own spans (glog's time stamps, first to last line of each).
 """
+import datetime
 import re
 
 ITERATION = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 OUTPUT = re.compile(r"\]\s+Train net output #\d+: (\S+) = (\S+)")
+INVOCATION = "# "  # run_caffe's first line of each invocation
+STAMP = re.compile(r"^[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d(?:\.\d+)?) ")
 
 
 def parse(text):
     curves = {}
     iteration = None
+    resumed = False  # the next iteration line is an invocation's first
     for line in text.splitlines():
+        if line.startswith(INVOCATION):
+            resumed, iteration = True, None
+            continue
         m = ITERATION.search(line)
         if m:
             iteration = int(m.group(1))
+            if resumed:  # this invocation recomputes everything from `iteration` on
+                for name in curves:
+                    curves[name] = [(i, v) for i, v in curves[name] if i < iteration]
+                resumed = False
             curves.setdefault("loss", []).append((iteration, float(m.group(2))))
             continue
         m = OUTPUT.search(line)
         if m and iteration is not None:
             curves.setdefault(m.group(1), []).append((iteration, float(m.group(2))))
     return curves
+
+
+def _stamp(match):
+    """A glog time stamp as (datetime, whether it names its year). glog >= 0.6 writes
+    yyyymmdd, older versions mmdd: those are read on a leap year's calendar."""
+    year = match.group(1)
+    month, day, hour, minute = (int(match.group(k)) for k in range(2, 6))
+    t = datetime.datetime(int(year) if year else 2000, month, day, hour, minute)
+    return t + datetime.timedelta(seconds=float(match.group(6))), bool(year)
+
+
+def wall_seconds(text):
+    """Wall seconds of the log's `caffe train` invocations: per invocation, its last time stamp
+    less its first, summed. Where the stamps carry no year (glog < 0.6), one earlier than the
+    stamp before it is the next year's (366 days on, exact on the leap-year calendar such stamps
+    are read on; only a span over 28 February - 1 March of a common year reads a day too long)."""
+    total, first, last, years = 0.0, None, None, 0
+    for line in text.splitlines() + [INVOCATION]:
+        if line.startswith(INVOCATION):
+            if first is not None:
+                total += (last - first).total_seconds()
+            first = last = None
+            years = 0
+            continue
+        m = STAMP.match(line)
+        if m:
+            t, dated = _stamp(m)
+            if not dated:
+                t += datetime.timedelta(days=366 * years)
+                if last is not None and t < last:
+                    years += 1
+                    t += datetime.timedelta(days=366)
+            first = t if first is None else first
+            last = t
+    return total
 
 
 def parse_file(path):

@@ -42,7 +42,7 @@ class Model:
         """Wall seconds of the run's steps it rests on (triplet-only: step 1; the others: every
         step its run trained), or with own=True of those it owns (TQN: step 2 only, so that a
         sum over models counts every step once), as recorded when they ran; None when a step
-        has no record."""
+        has no record. A resumed step's record covers all its invocations (read from its log)."""
         steps = self.record["steps"]
         wanted = OWN_STEPS.get(self.label, tuple(steps)) if own else \
             (("1",) if self.label == "triplet" else tuple(steps))

@@ -36,6 +36,7 @@ from prototxt import description as D
 from prototxt import generate as G
 from tools.pipeline.caffe import caffe_binary, git_commit, run_caffe
 from data_prep.errors import Interrupted
+from tools.pipeline import caffe_log
 from tools.pipeline import snapshots as S
 from tools.pipeline.errors import PipelineError
 
@@ -202,6 +203,14 @@ def plan(spec, manifest):
                 lr_policy=D.PAPER_TRAINING["lr_policy"], snapshots=spec.snapshots)
 
 
+def step_log_seconds(path):
+    """Wall seconds of the `caffe train` invocations in a step's log so far (0 without a log)."""
+    if not os.path.exists(path):
+        return 0.0
+    with open(path, errors="replace") as f:
+        return caffe_log.wall_seconds(f.read())
+
+
 def step_files(run, p, step, first_triplet):
     """Writes step<k>_net.prototxt and step<k>_solver.prototxt for plan `p`; the solver's path."""
     data = p["data"]
@@ -276,6 +285,8 @@ def train(spec):
         what = D.STEPS[step]["loss"] if spec.method == "tqn" else spec.method.upper()
         print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
+        # A resumed step's earlier invocations, read from its log (their own time stamps).
+        earlier = step_log_seconds(os.path.join(run, "logs", f"step{step}.log")) if state else 0.0
         try:
             seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
                                 f"step {step}", spec.quiet, spec.verbose, resumed=resumed)
@@ -284,6 +295,7 @@ def train(spec):
         problem = S.model_problem(model) if os.path.exists(model) else "missing"
         if problem:  # e.g. SIGINT to caffe alone: it snapshots, stops and exits 0
             raise Interrupted(stopped_message(run, step, iters, problem)) from None
+        seconds += earlier  # a resumed step: its time over every invocation
         steps_record[str(step)] = dict(seconds=round(seconds, 1), resumed_from=resumed,
                                        model=os.path.basename(model))
         record = _mark(params_path, p, steps_record)
