@@ -531,12 +531,15 @@ static int32_t euclid_slots(const double *restrict di, const uint8_t *restrict i
 #if defined(TQN_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define TQN_EAVX512 1
 /* euclid_slots with AVX-512 gathers (GCC's default tuning emulates gathers with scalar
-   loads): the same operations lane by lane, so the same slots. */
+   loads): the same operations lane by lane, so the same slots. pf (or NULL): the next
+   query's distances of the same items, prefetched one line per 8 items, spread over the pass
+   (measured ~7 % faster in total than a burst of prefetches after each chunk). */
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
 static int32_t euclid_slots_avx512(const double *restrict di, const uint8_t *restrict is_rel,
                                    int32_t j0, int32_t len, const tqn_ebk *bk,
                                    const tqn_ent *restrict table, int32_t m,
-                                   int32_t *restrict slot, int32_t *restrict exact) {
+                                   int32_t *restrict slot, int32_t *restrict exact,
+                                   const double *pf) {
     const __m512d vlo = _mm512_set1_pd(bk->lo), vscale = _mm512_set1_pd(bk->scale);
     const __m512d vtop = _mm512_set1_pd(bk->top), vzero = _mm512_setzero_pd();
     const __m512i vuhi = _mm512_set1_epi64((long long)bk->uhi);
@@ -546,6 +549,7 @@ static int32_t euclid_slots_avx512(const double *restrict di, const uint8_t *res
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     int32_t t = 0, nex = 0;
     for (; t + 8 <= len; t += 8) {
+        if (pf) _mm_prefetch((const char *)(pf + t), _MM_HINT_T0);
         const __m512d d = _mm512_loadu_pd(di + t);
         const __m512i u = _mm512_castpd_si512(d);
         __m512d x = _mm512_mul_pd(_mm512_sub_pd(d, vlo), vscale);
@@ -571,9 +575,11 @@ static int32_t euclid_slots_avx512(const double *restrict di, const uint8_t *res
             nex += __builtin_popcount(ex);
         }
     }
-    if (t < len)
+    if (t < len) {
+        if (pf) _mm_prefetch((const char *)(pf + t), _MM_HINT_T0);
         nex += euclid_slots(di + t, is_rel + t, j0 + t, len - t, bk, table, m, slot + t,
                             exact + nex);
+    }
     return nex;
 }
 
@@ -781,13 +787,15 @@ static void euclid_rank(int avx512, const double *restrict di, const double *nex
 #ifdef TQN_EAVX512
         if (avx512)
             nex = euclid_slots_avx512(di + j0, is_rel + j0, (int32_t)j0, len, &bk, table, m,
-                                      slot, exact);
+                                      slot, exact, next ? next + j0 : NULL);
         else
 #endif
+        {
             nex = euclid_slots(di + j0, is_rel + j0, (int32_t)j0, len, &bk, table, m, slot,
                                exact);
-        if (next)  /* the next query's distances, from memory meanwhile */
-            for (int32_t t = 0; t < len; t += 8) __builtin_prefetch(next + j0 + t);
+            if (next)  /* the next query's distances, from memory meanwhile */
+                for (int32_t t = 0; t < len; t += 8) __builtin_prefetch(next + j0 + t);
+        }
         if (self >= j0 && self < j0 + len) slot[self - j0] = m;  /* not ranked */
         for (int32_t t = 0; t < len; t++) cnt[slot[t]]++;
         for (int32_t x = 0; x < nex; x++) {  /* several relevant items in its bucket, or a tie */
