@@ -686,14 +686,15 @@ static void euclid_fill(tqn_ent *restrict table, const int32_t *restrict s,
     }
 }
 
-/* Scratch of euclid_rank, for a database of ndb items (tqn_euclid allocates it once). */
+/* Scratch of euclid_rank, for a database of ndb items and at most mmax relevant items per
+   query (tqn_euclid allocates it once). */
 typedef struct {
-    tqn_rkey *keys;   /* [2 ndb + 1]: as gathered, then (a bucket of > TQN_ELIST) sorted */
-    int32_t *hist;    /* [TQN_EBPR ndb + 2] relevant items per fine bucket, then s, cursors */
-    float *xb;        /* [TQN_EBPR ndb + 2] per fine bucket, the x of its last relevant item */
-    int32_t *head;    /* [TQN_EBPR ndb + 2] per fine bucket, its last relevant key */
-    tqn_ent *table;   /* [TQN_EBPR ndb + 10] */
-    int32_t *cnt;     /* [ndb + 1] non-relevant items per slot */
+    tqn_rkey *keys;   /* [2 mmax + 1]: as gathered, then (a bucket of > TQN_ELIST) sorted */
+    int32_t *hist;    /* [TQN_EBPR mmax + 2] relevant items per fine bucket, then s, cursors */
+    float *xb;        /* [TQN_EBPR mmax + 2] per fine bucket, the x of its last relevant item */
+    int32_t *head;    /* [TQN_EBPR mmax + 2] per fine bucket, its last relevant key */
+    tqn_ent *table;   /* [TQN_EBPR mmax + 10] */
+    int32_t *cnt;     /* [mmax + 1] non-relevant items per slot */
     uint8_t *is_rel;  /* [ndb + 8], all 0 between queries */
 } tqn_escratch;
 
@@ -857,19 +858,22 @@ int tqn_euclid(const float *q, const float *dbt, int64_t nq, int64_t ndb, int64_
                const int64_t *rel_idx, const int64_t *rel_lo, const int64_t *rel_hi,
                int64_t self_start, double *ap_sum, double *mapr_sum, const int64_t *ks,
                int64_t nk, int64_t *hits_k) {
-    if (ndb > (INT32_MAX - 16) / TQN_EBPR) return -3;
+    int64_t mmax = 0;  /* the most relevant items of a query: the scratch's size */
+    for (int64_t i = 0; i < nq; i++)
+        mmax = rel_hi[i] - rel_lo[i] > mmax ? rel_hi[i] - rel_lo[i] : mmax;
+    if (ndb > (INT32_MAX - 16) / TQN_EBPR || mmax > (INT32_MAX - 16) / TQN_EBPR) return -3;
     const int64_t ntiles = (ndb + TQN_ETW - 1) / TQN_ETW;
     const size_t tile_elems = (size_t)ntiles * (size_t)(dim > 0 ? dim : 1) * TQN_ETW;
     double *dist = (double *)malloc(sizeof(double) * (size_t)TQN_EQB * (size_t)(ndb + 1));
     double *qd = (double *)calloc((size_t)TQN_EQB * (size_t)(dim > 0 ? dim : 1), sizeof(double));
     float *tiles = (float *)calloc(tile_elems, sizeof(float));
     tqn_escratch sc;
-    sc.keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)ndb + 1));
-    sc.xb = (float *)calloc((size_t)TQN_EBPR * (size_t)ndb + 2, sizeof(float));
-    sc.head = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
-    sc.hist = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)ndb + 2));
-    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)ndb + 10));
-    sc.cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ndb + 1));
+    sc.keys = (tqn_rkey *)malloc(sizeof(tqn_rkey) * (2 * (size_t)mmax + 1));
+    sc.xb = (float *)calloc((size_t)TQN_EBPR * (size_t)mmax + 2, sizeof(float));
+    sc.head = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)mmax + 2));
+    sc.hist = (int32_t *)malloc(sizeof(int32_t) * ((size_t)TQN_EBPR * (size_t)mmax + 2));
+    sc.table = (tqn_ent *)malloc(sizeof(tqn_ent) * ((size_t)TQN_EBPR * (size_t)mmax + 10));
+    sc.cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(mmax + 1));
     sc.is_rel = (uint8_t *)calloc((size_t)ndb + 8, 1);
     int status = 0;
 #ifdef TQN_EAVX512
