@@ -626,11 +626,12 @@ def test_euclidean_native_edge_cases_match_brute_force(ndb, nq, dim, exclude_sel
 @pytest.mark.parametrize("case", ["one_relevant", "zero_distances", "big_tied_bucket",
                                   "far_outlier", "tiny", "many_ties"])
 def test_euclidean_native_ranking_paths_match_brute_force(kernel, exclude_self, case):
-    """tqn_euclid's ranking (sorted relevant keys, a bucket table of the relevant items'
-    range, one float comparison per item, exact comparisons where a bucket holds several
-    relevant items or the float coordinates tie), with the AVX-512 slot pass ("best" where
+    """tqn_euclid's ranking (a bucket table of the relevant items' range, one float
+    comparison per item, exact comparisons with the bucket's list of relevant keys where it
+    holds several or the float coordinates tie; sorted keys and binary searches for a bucket
+    of more than TQN_ELIST = 16), with the AVX-512 slot pass ("best" where
     the CPU has it) and the portable one ("generic"): one relevant item per query; many
-    distances of +0.0 (copies of the queries); one bucket holding far more than 32 relevant
+    distances of +0.0 (copies of the queries); one bucket holding far more than 16 relevant
     and non-relevant items (the qsort and binary-search paths); a far outlier squeezing every
     other relevant item into a few buckets; databases of 1..3 items with k beyond them; many
     exact ties across labels. Against integer brute force and the numpy twin."""

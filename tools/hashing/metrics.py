@@ -441,8 +441,8 @@ def euclidean_metrics(q_feats, q_labels, db_feats, db_labels, exclude_self=False
     exact, and such ties are broken by database index (a stable sort); no tie-aware variant is
     given, as exact ties have probability zero for continuous features. With the C kernels and
     float32 features (the saved blobs) the ranking runs in native.c (tqn_euclid: register-
-    blocked distances, then per query the ranks of the relevant items only: they are sorted,
-    and every item's place among them is counted from a bucket table, O(ndb) expected, no sort
+    blocked distances, then per query the ranks of the relevant items only: every item's place
+    among them is counted from a bucket table of their distances, O(ndb) expected, no sort
     of the database); else in numpy (the same distances, a
     stable argsort): identical ranks, sums agreeing to ~1e-16. Returns a dict of float [nq]
     arrays: ``ap``, ``map_at_r`` and, for each k, ``precision_at_{k}``, ``recall_at_{k}``,
