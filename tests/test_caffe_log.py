@@ -56,3 +56,23 @@ def test_wall_seconds_sums_each_invocation_over_the_new_year():
              "I20270101 00:00:01.0 7 solver.cpp:239] Iteration 0 (0 iter/s, 0s/50 iters), loss = 1\n")
     assert caffe_log.wall_seconds(dated) == 1.5                  # glog >= 0.6 writes the year
     assert caffe_log.parse(dated)["loss"] == [(0, 1.0)]
+
+
+def test_a_resumed_model_counts_every_invocation_of_its_log(tmp_path):
+    from tools.pipeline.models import Model
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "step1.log").write_text(RESUMED)       # 70 s + 100.5 s
+    (tmp_path / "logs" / "step2.log").write_text(RESUMED)
+
+    def model(steps, label="dqn"):
+        return Model(label=label, method="dqn", weights="w", run=str(tmp_path),
+                     record=dict(steps=steps), bits=48, dataset="cifar10", scale="features")
+    # A record written before resumed steps added their earlier invocations: the log decides.
+    assert model({"1": dict(seconds=100.5, resumed_from=20)}).training_seconds() == 170.5
+    # A record that already holds more (this run's start-up included) stands.
+    assert model({"1": dict(seconds=171.0, resumed_from=20)}).training_seconds() == 171.0
+    # A step that was never resumed: its record alone, the log unread.
+    assert model({"1": dict(seconds=5.0, resumed_from=0)}).training_seconds() == 5.0
+    tqn = {"1": dict(seconds=5.0, resumed_from=0), "2": dict(seconds=1.0, resumed_from=20)}
+    assert model(tqn, "tqn").training_seconds(own=True) == 170.5
+    assert model(tqn, "tqn").training_seconds() == 175.5

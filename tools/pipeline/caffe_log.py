@@ -14,6 +14,7 @@ invocation's points from the resumed one's first iteration on, and `wall_seconds
 invocations' own spans (glog's time stamps, first to last line of each).
 """
 import datetime
+import os
 import re
 
 ITERATION = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
@@ -78,6 +79,14 @@ def wall_seconds(text):
             first = t if first is None else first
             last = t
     return total
+
+
+def file_wall_seconds(path):
+    """wall_seconds of the log at `path` (0 when there is no log)."""
+    if not os.path.exists(path):
+        return 0.0
+    with open(path, errors="replace") as f:
+        return wall_seconds(f.read())
 
 
 def parse_file(path):

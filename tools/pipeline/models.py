@@ -10,7 +10,7 @@ runner is a short sequence of these calls that can be rerun over its folders at 
 import os
 from dataclasses import dataclass
 
-from tools.pipeline import evaluation, extraction
+from tools.pipeline import caffe_log, evaluation, extraction
 from tools.pipeline.training import final_model, train
 
 # The steps of a run a model owns (for its cost): triplet-only is TQN's step 1, TQN its step 2.
@@ -42,12 +42,20 @@ class Model:
         """Wall seconds of the run's steps it rests on (triplet-only: step 1; the others: every
         step its run trained), or with own=True of those it owns (TQN: step 2 only, so that a
         sum over models counts every step once), as recorded when they ran; None when a step
-        has no record. A resumed step's record covers all its invocations (read from its log)."""
+        has no record. A resumed step counts all its invocations: its record does since they are
+        added at its end; a record written before that counted only the last, so its step's log
+        (every invocation's time stamps) is read too and the larger figure taken."""
         steps = self.record["steps"]
         wanted = OWN_STEPS.get(self.label, tuple(steps)) if own else \
             (("1",) if self.label == "triplet" else tuple(steps))
         secs = [steps.get(s, {}).get("seconds") for s in wanted]
-        return None if None in secs or not secs else round(sum(secs), 1)
+        if None in secs or not secs:
+            return None
+        for i, s in enumerate(wanted):
+            if steps[s].get("resumed_from"):
+                log = os.path.join(self.run, "logs", f"step{s}.log")
+                secs[i] = max(secs[i], caffe_log.file_wall_seconds(log))
+        return round(sum(secs), 1)
 
 
 def train_models(spec, labels=None):

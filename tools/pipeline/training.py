@@ -203,14 +203,6 @@ def plan(spec, manifest):
                 lr_policy=D.PAPER_TRAINING["lr_policy"], snapshots=spec.snapshots)
 
 
-def step_log_seconds(path):
-    """Wall seconds of the `caffe train` invocations in a step's log so far (0 without a log)."""
-    if not os.path.exists(path):
-        return 0.0
-    with open(path, errors="replace") as f:
-        return caffe_log.wall_seconds(f.read())
-
-
 def step_files(run, p, step, first_triplet):
     """Writes step<k>_net.prototxt and step<k>_solver.prototxt for plan `p`; the solver's path."""
     data = p["data"]
@@ -286,7 +278,8 @@ def train(spec):
         print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
               f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
         # A resumed step's earlier invocations, read from its log (their own time stamps).
-        earlier = step_log_seconds(os.path.join(run, "logs", f"step{step}.log")) if state else 0.0
+        earlier = caffe_log.file_wall_seconds(os.path.join(run, "logs", f"step{step}.log")) \
+            if state else 0.0
         try:
             seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
                                 f"step {step}", spec.quiet, spec.verbose, resumed=resumed)
