@@ -76,3 +76,25 @@ def test_a_resumed_model_counts_every_invocation_of_its_log(tmp_path):
     tqn = {"1": dict(seconds=5.0, resumed_from=0), "2": dict(seconds=1.0, resumed_from=20)}
     assert model(tqn, "tqn").training_seconds(own=True) == 170.5
     assert model(tqn, "tqn").training_seconds() == 175.5
+
+
+def test_wall_seconds_counts_from_the_last_fresh_start_and_ignores_stamp_disorder():
+    def invocation(cmd, *stamps):
+        return "".join([f"# {cmd}\n"] + [f"I{t} 7 solver.cpp:239] Iteration 0, loss = 1\n"
+                                          for t in stamps])
+    log = (invocation("caffe train -solver=s", "1203 10:00:00.0", "1203 10:00:10.0")      # 10 s
+           + invocation("caffe train -solver=s", "1203 11:00:00.0", "1203 11:00:05.0")    # 5 s, fresh
+           + invocation("caffe train -solver=s -snapshot=s_20.solverstate",
+                        "1203 12:00:00.0", "1203 12:00:03.0"))                           # 3 s
+    assert caffe_log.wall_seconds(log) == 8.0     # a fresh start drops what came before it
+    # Stamps slightly out of order (two glog threads) or the autumn hour repeated: the span
+    # runs from the first stamp to the latest, never a year (the repeated hour is not counted:
+    # glog's local time stamps do not say which of the two hours they are in).
+    threads = invocation("caffe train", "1203 10:00:00.0", "1203 10:00:05.0", "1203 10:00:04.9",
+                         "1203 10:00:10.0")
+    assert caffe_log.wall_seconds(threads) == 10.0
+    autumn = invocation("caffe train", "20261025 02:50:00.0", "20261025 02:10:00.0",
+                        "20261025 02:20:00.0")
+    assert caffe_log.wall_seconds(autumn) == 0.0
+    yearless_autumn = invocation("caffe train", "1025 02:50:00.0", "1025 02:10:00.0")
+    assert caffe_log.wall_seconds(yearless_autumn) == 0.0

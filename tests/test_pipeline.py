@@ -59,7 +59,7 @@ def test_interrupted_step_resumes_from_its_solverstate(tmp_path, digits_data, ca
     for name in ("step1_iter_60.caffemodel", "step1_iter_60.solverstate"):
         (tmp_path / name).unlink()
     with open(tmp_path / "logs" / "step1.log", "a") as log:  # an earlier invocation of 1,000 s
-        log.write("# caffe train (an earlier invocation)\n"
+        log.write("# caffe train -snapshot=step1_iter_20.solverstate (an earlier invocation)\n"
                   "I20260101 00:00:00.000000 7 caffe.cpp:197] Use CPU.\n"
                   "I20260101 00:16:40.000000 7 solver.cpp:239] Iteration 40 (1 iter/s), loss = 1\n")
     T.train(train_spec(digits_data, tmp_path, iters=(60, 45), steps=(1,)))

@@ -17,10 +17,12 @@ def test_progress_line_counts_from_the_resumed_iteration():
 def test_run_caffe_passes_the_resumed_iteration_to_its_progress(tmp_path, monkeypatch, capsys):
     clock = itertools.chain([0.0], itertools.repeat(10.0))
     monkeypatch.setattr(pipeline_caffe.time, "monotonic", lambda: next(clock))
-    fake = ("print('I1203 1 solver.cpp:218] Iteration 600 (1 iter/s, 1s/20 iters), loss = 0.5',"
+    fake = ("print('I1203 1 solver.cpp:218] Iteration 500 (0 iter/s, 0s/20 iters), loss = 0.6');"
+            "print('I1203 1 solver.cpp:218] Iteration 600 (1 iter/s, 1s/20 iters), loss = 0.5',"
             " flush=True)")
     pipeline_caffe.run_caffe([sys.executable, "-c", fake], str(tmp_path / "step1.log"), 1000,
                              "step 1", resumed=500)
     out = capsys.readouterr().out
     assert "600/1000 (60 %), loss 0.5, 10 it/s, 10 s, 40 s left" in out
+    assert "500/1000" not in out    # the snapshot's own iteration: no rate to show yet
     assert "Iteration 600" in (tmp_path / "step1.log").read_text()

@@ -68,7 +68,8 @@ def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False, resumed=0
                 if verbose:
                     print(line, end="", flush=True)
                 m = ITERATION.search(line)
-                if m and not quiet and int(m.group(1)) >= next_report * iters:
+                if m and not quiet and int(m.group(1)) >= next_report * iters \
+                        and int(m.group(1)) > resumed:  # a resumed run's first line: no rate yet
                     print(progress_line(label, int(m.group(1)), iters, time.monotonic() - start,
                                         f", loss {m.group(2)}", since=resumed), flush=True)
                     while next_report * iters <= int(m.group(1)):

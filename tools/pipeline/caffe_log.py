@@ -56,15 +56,22 @@ def _stamp(match):
 
 
 def wall_seconds(text):
-    """Wall seconds of the log's `caffe train` invocations: per invocation, its last time stamp
-    less its first, summed. Where the stamps carry no year (glog < 0.6), one earlier than the
-    stamp before it is the next year's (366 days on, exact on the leap-year calendar such stamps
-    are read on; only a span over 28 February - 1 March of a common year reads a day too long)."""
+    """Wall seconds of the `caffe train` invocations that made the step's current training:
+    per invocation its latest time stamp less its first, summed from the last invocation that
+    started afresh (a `# ` line without `-snapshot=`) on; a log without `# ` lines is read as
+    one invocation. Stamps out of order (glog threads, a clock step back, the autumn
+    daylight-saving hour) never lengthen a span beyond its latest stamp; the repeated autumn
+    hour (glog writes local time) can shorten it by up to that hour. Where the
+    stamps carry no year (glog < 0.6), a stamp more than 300 days before the latest one is the
+    next year's (366 days on, exact on the leap-year calendar such stamps are read on; only a
+    span over 28 February - 1 March of a common year reads a day too long)."""
     total, first, last, years = 0.0, None, None, 0
     for line in text.splitlines() + [INVOCATION]:
         if line.startswith(INVOCATION):
             if first is not None:
                 total += (last - first).total_seconds()
+            if "-snapshot=" not in line and line != INVOCATION:
+                total = 0.0  # a fresh start: what came before trained another model
             first = last = None
             years = 0
             continue
@@ -73,11 +80,11 @@ def wall_seconds(text):
             t, dated = _stamp(m)
             if not dated:
                 t += datetime.timedelta(days=366 * years)
-                if last is not None and t < last:
+                if last is not None and t < last - datetime.timedelta(days=300):
                     years += 1
                     t += datetime.timedelta(days=366)
             first = t if first is None else first
-            last = t
+            last = t if last is None else max(last, t)
     return total
 
 

@@ -26,12 +26,13 @@ namespace caffe {
  * where row @f$ z_i @f$ (@f$ D @f$ values) is cut into @f$ M @f$ sub-vectors
  * @f$ z_{im} @f$ of @f$ D/M @f$ values and @f$ C_m @f$ is subspace
  * @f$ m @f$'s codebook of @f$ K @f$ centroids. A tie in the argmin goes to
- * the smallest @f$ k @f$. Every squared distance (in the loss's assignment
- * and in k-means) is summed in double precision in coordinate order, each
- * square rounded before it is added (never a fused multiply-add), so the
- * assignments do not depend on the processor's vector width: the loop over
- * the K centroids is the one vectorized (AVX-512 / AVX2 clones picked at run
- * time on x86-64 with GCC).
+ * the smallest @f$ k @f$. On the CPU every squared distance (in the loss's
+ * assignment and in k-means) is summed in double precision in coordinate
+ * order, each square rounded before it is added (never a fused multiply-add:
+ * contraction is switched off for GCC and clang), so the assignments do not
+ * depend on the processor's vector width: the loop over the K centroids is
+ * the one vectorized (AVX-512 / AVX2 clones picked at run time on x86-64 with
+ * GCC). The GPU kernel's assignment is nvcc's arithmetic (see below).
  *
  * @param bottom input Blob vector (length 1)
  *   -# @f$ (N \times \ldots) @f$ the features @f$ z @f$; the trailing axes

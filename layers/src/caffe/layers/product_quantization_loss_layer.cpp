@@ -49,14 +49,20 @@ vector<int> SeededPermutation(int n, SplitMix64* rng) {
 /// multiplication, an addition, in s order; no reassociation and no fused
 /// multiply-add: GCC would fuse t * t + d[k] under AVX-512, so contraction is
 /// switched off for this function), so the results are bitwise those of the
-/// scalar loop; the loop over k is what the compiler vectorizes. Returns the nearest centroid (ties: the smallest k) and its
+/// scalar loop; the loop over k is what the compiler vectorizes. Returns the
+/// nearest centroid (ties: the smallest k) and its
 /// distance in *best_d.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("avx512f", "avx2", "default"),
     optimize("fp-contract=off")))
+#elif defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))  // e.g. aarch64: FMA by default
 #endif
 int NearestCentroid(const double* x, const double* cent_t, int K, int S,
     double* d, double* best_d) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   for (int k = 0; k < K; ++k) { d[k] = 0; }
   for (int s = 0; s < S; ++s) {
     const double xs = x[s];
@@ -79,7 +85,8 @@ template <typename T>
 void TransposeCentroids(const T* cent, int K, int S, double* cent_t) {
   for (int k = 0; k < K; ++k) {
     for (int s = 0; s < S; ++s) {
-      cent_t[static_cast<size_t>(s) * K + k] = static_cast<double>(cent[k * S + s]);
+      cent_t[static_cast<size_t>(s) * K + k] =
+          static_cast<double>(cent[k * S + s]);
     }
   }
 }
@@ -129,6 +136,9 @@ void ProductQuantizationLossLayer<Dtype>::LayerSetUp(
   CHECK_GE(bottom[0]->num_axes(), 1) << "Layer '" << name
       << "': the bottom needs a batch axis (N x D)";
   dim_ = bottom[0]->count(1);
+  CHECK_GT(dim_, 0) << "Layer '" << name << "': the bottom's rows are empty "
+      << "(shape " << bottom[0]->shape_string() << "); each row needs D > 0 "
+      << "values";
   CHECK(dim_ % num_subspaces_ == 0) << "Layer '" << name
       << "': product_quantization_loss_param.num_subspaces is "
       << num_subspaces_ << " but the bottom's rows have D = " << dim_
