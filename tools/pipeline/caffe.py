@@ -11,6 +11,7 @@ import subprocess
 import time
 
 from data_prep.errors import Interrupted
+from tools.pipeline import caffe_log
 from tools.pipeline.errors import PipelineError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,7 +60,7 @@ def run_caffe(cmd, log_path, iters, label, quiet=False, verbose=False, resumed=0
     next_report = 0.1
     start = time.monotonic()
     with open(log_path, "a") as log:
-        log.write(f"# {' '.join(cmd)}\n")
+        log.write(f"{caffe_log.INVOCATION}{' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
         try:

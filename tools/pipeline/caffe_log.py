@@ -19,7 +19,8 @@ import re
 
 ITERATION = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 OUTPUT = re.compile(r"\]\s+Train net output #\d+: (\S+) = (\S+)")
-INVOCATION = "# "  # run_caffe's first line of each invocation
+INVOCATION = "# "  # run_caffe's first line of each invocation: "# <command>"
+RESUMED = "-snapshot="  # in that command: the invocation resumes from a snapshot
 STAMP = re.compile(r"^[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d(?:\.\d+)?) ")
 
 
@@ -66,11 +67,11 @@ def wall_seconds(text):
     next year's (366 days on, exact on the leap-year calendar such stamps are read on; only a
     span over 28 February - 1 March of a common year reads a day too long)."""
     total, first, last, years = 0.0, None, None, 0
-    for line in text.splitlines() + [INVOCATION]:
+    for line in text.splitlines():
         if line.startswith(INVOCATION):
             if first is not None:
                 total += (last - first).total_seconds()
-            if "-snapshot=" not in line and line != INVOCATION:
+            if RESUMED not in line:
                 total = 0.0  # a fresh start: what came before trained another model
             first = last = None
             years = 0
@@ -85,7 +86,12 @@ def wall_seconds(text):
                     t += datetime.timedelta(days=366)
             first = t if first is None else first
             last = t if last is None else max(last, t)
-    return total
+    return total + ((last - first).total_seconds() if first is not None else 0.0)
+
+
+def step_log(run, step):
+    """The log of step `step` of the run folder `run` (every invocation appended)."""
+    return os.path.join(run, "logs", f"step{step}.log")
 
 
 def file_wall_seconds(path):

@@ -53,8 +53,7 @@ class Model:
             return None
         for i, s in enumerate(wanted):
             if steps[s].get("resumed_from"):
-                log = os.path.join(self.run, "logs", f"step{s}.log")
-                secs[i] = max(secs[i], caffe_log.file_wall_seconds(log))
+                secs[i] = max(secs[i], caffe_log.file_wall_seconds(caffe_log.step_log(self.run, s)))
         return round(sum(secs), 1)
 
 

@@ -338,7 +338,7 @@ def plot_losses(runs, results_dir, title):
     for bits, run in runs.items():
         seeds = run if isinstance(run, (list, tuple)) else [run]
         for step, panels in ((1, fig1), (2, fig2)):
-            logs = [os.path.join(r, "logs", f"step{step}.log") for r in seeds]
+            logs = [caffe_log.step_log(r, step) for r in seeds]
             logs = [log for log in logs if os.path.exists(log)]
             if not logs:
                 continue

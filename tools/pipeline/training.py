@@ -272,16 +272,15 @@ def train(spec):
         if spec.gpu:
             cmd.append(f"-gpu={spec.gpu}")  # overrides the solvers' solver_mode: CPU
         if state:
-            cmd.append(f"-snapshot={state[1]}")
+            cmd.append(f"{caffe_log.RESUMED}{state[1]}")  # -snapshot=
             print(f"step {step}: resuming from iteration {resumed} ({os.path.relpath(state[1])})")
         what = D.STEPS[step]["loss"] if spec.method == "tqn" else spec.method.upper()
         print(f"step {step}: {what}, {iters} iterations, lr {p['base_lr'][step - 1]}, "
-              f"log {os.path.relpath(os.path.join(run, 'logs', f'step{step}.log'))}", flush=True)
+              f"log {os.path.relpath(caffe_log.step_log(run, step))}", flush=True)
         # A resumed step's earlier invocations, read from its log (their own time stamps).
-        earlier = caffe_log.file_wall_seconds(os.path.join(run, "logs", f"step{step}.log")) \
-            if state else 0.0
+        earlier = caffe_log.file_wall_seconds(caffe_log.step_log(run, step)) if state else 0.0
         try:
-            seconds = run_caffe(cmd, os.path.join(run, "logs", f"step{step}.log"), iters,
+            seconds = run_caffe(cmd, caffe_log.step_log(run, step), iters,
                                 f"step {step}", spec.quiet, spec.verbose, resumed=resumed)
         except Interrupted:
             raise Interrupted(stopped_message(run, step, iters)) from None
